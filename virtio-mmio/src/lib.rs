@@ -1,0 +1,2 @@
+//! virtio-mmio
+#![no_std]

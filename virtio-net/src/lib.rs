@@ -1,0 +1,2 @@
+//! virtio-net
+#![no_std]

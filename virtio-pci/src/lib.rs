@@ -1,0 +1,2 @@
+//! virtio-pci
+#![no_std]

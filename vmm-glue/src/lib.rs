@@ -1,0 +1,1 @@
+//! vmm-glue: KVM VMM kit (filled in by the VMM issue).
