@@ -1,1 +1,65 @@
-fn main() {}
+//! Project automation for virtio-sdk, run as `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci [STEP...]`: the full check suite (see [`ci`]); with step names, only
+//!   those steps.
+//! - `cargo xtask bench NAME [-- ARGS...]`: runs `cargo bench -p virtio-sdk-tests --bench
+//!   NAME`, then reads `target/bench/NAME.json` and prints the comparison table.
+//! - `cargo xtask e2e SUITE`: end-to-end suites (none yet).
+
+mod bench;
+mod ci;
+mod cmd;
+mod e2e;
+mod elf;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci [STEP...]             run the CI suite (all steps, or only the named ones);
+                           `cargo xtask ci --list` lists the steps
+  bench NAME [-- ARGS...]  run `cargo bench -p virtio-sdk-tests --bench NAME`, then
+                           print the table from target/bench/NAME.json
+  e2e SUITE                run an end-to-end suite (`cargo xtask e2e --list`)
+  help                     this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = repo_root();
+    if let Err(e) = std::env::set_current_dir(&root) {
+        eprintln!("xtask: cannot enter {}: {e}", root.display());
+        return ExitCode::FAILURE;
+    }
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::FAILURE;
+    };
+    let result = match command.as_str() {
+        "ci" => ci::run(&root, rest),
+        "bench" => bench::run(rest),
+        "e2e" => e2e::run(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {command}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root: the parent of this crate's directory.
+fn repo_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}

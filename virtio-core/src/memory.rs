@@ -1,0 +1,489 @@
+//! Memory the rings and buffers live in.
+//!
+//! Addresses inside rings are *device addresses*: guest-physical for a VMM, IOVA for a VFIO driver, physical for a
+//! bare-metal guest. [`RingMemory`] translates a device-address range into a host pointer. Ring areas are translated
+//! once, at activation, into [`RingRegion`]s; payload ranges are translated per descriptor.
+//!
+//! This is one of the few modules allowed to use `unsafe`: every access to shared memory goes through it.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+
+/// An address as the device sees it (guest-physical, IOVA or physical, depending on who runs the ring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceAddr(u64);
+
+impl DeviceAddr {
+    /// Wraps a raw device address.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw value.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// `self + offset`, or `None` on overflow.
+    pub const fn checked_add(self, offset: u64) -> Option<Self> {
+        match self.0.checked_add(offset) {
+            Some(v) => Some(Self(v)),
+            None => None,
+        }
+    }
+
+    /// Whether the address is a multiple of `align` (a power of two).
+    pub const fn is_aligned(self, align: u64) -> bool {
+        self.0 & (align - 1) == 0
+    }
+}
+
+impl fmt::LowerHex for DeviceAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// Translates device addresses into host pointers.
+///
+/// # Safety
+///
+/// Implementors guarantee that when [`translate`](RingMemory::translate) returns `Some(ptr)` for `(addr, len)`:
+/// - `[ptr, ptr + len)` is one allocation, valid for reads and writes (including atomic accesses of naturally aligned
+///   2-, 4- and 8-byte words) for as long as `self` is alive, **including after `self` is moved** (the memory is not
+///   stored inline in `self`), and as long as no `&mut` borrow of `self` is used;
+/// - `ptr` has the same alignment as `addr` modulo 16 (the rings check alignment on device addresses);
+/// - the memory may be changed concurrently by the peer; no Rust reference to it exists that would make such a change
+///   undefined behaviour (the SDK only touches it through raw pointers and atomics).
+///
+/// Callers (the rings) only rely on these guarantees and never dereference a pointer outside the range it was
+/// returned for.
+pub unsafe trait RingMemory {
+    /// Host pointer for the device-address range `[addr, addr + len)`, or `None` if any byte of it is not backed by
+    /// this memory (or the range overflows). `len == 0` may return `None`.
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>>;
+}
+
+// SAFETY: forwards to `T`, whose guarantees hold for as long as the reference (and so `T`) lives.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for &T {
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        (**self).translate(addr, len)
+    }
+}
+
+#[cfg(feature = "alloc")]
+// SAFETY: forwards to `T`, kept alive by the `Arc`.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for alloc::sync::Arc<T> {
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        (**self).translate(addr, len)
+    }
+}
+
+#[cfg(feature = "alloc")]
+// SAFETY: forwards to `T`, owned by the `Box`.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for alloc::boxed::Box<T> {
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        (**self).translate(addr, len)
+    }
+}
+
+/// Offset of `[addr, addr + len)` inside a window `[base, base + size)`, if it lies entirely inside.
+fn window_offset(base: DeviceAddr, size: usize, addr: DeviceAddr, len: usize) -> Option<usize> {
+    let offset = usize::try_from(addr.raw().checked_sub(base.raw())?).ok()?;
+    let end = offset.checked_add(len)?;
+    (len != 0 && end <= size).then_some(offset)
+}
+
+/// One contiguous host mapping seen by the device at `base` (a VFIO DMA region, a test buffer).
+#[derive(Debug)]
+pub struct ContiguousMemory {
+    base: DeviceAddr,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; all accesses go through raw pointers and atomics.
+unsafe impl Send for ContiguousMemory {}
+// SAFETY: as above; concurrent access from several threads is what the rings are built for.
+unsafe impl Sync for ContiguousMemory {}
+
+impl ContiguousMemory {
+    /// Describes `len` bytes at `ptr`, seen by the device at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + len)` must stay valid for reads and writes for the lifetime of the returned value, `ptr` must be
+    /// aligned to at least 16 bytes relative to `base` (`ptr % 16 == base % 16`), and no Rust reference to the bytes
+    /// may be used while rings access them.
+    pub unsafe fn from_raw_parts(base: DeviceAddr, ptr: NonNull<u8>, len: usize) -> Self {
+        Self { base, ptr, len }
+    }
+
+    /// Device address of the first byte.
+    pub fn base(&self) -> DeviceAddr {
+        self.base
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// SAFETY: the range is checked against the window given to `from_raw_parts`, whose caller promised validity.
+unsafe impl RingMemory for ContiguousMemory {
+    #[inline]
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        let offset = window_offset(self.base, self.len, addr, len)?;
+        // SAFETY: `offset + len <= self.len`, so the result stays inside the mapping.
+        Some(unsafe { self.ptr.add(offset) })
+    }
+}
+
+/// A page-aligned, zeroed heap buffer seen by the device at `base`: ring memory for tests, examples and benchmarks.
+#[cfg(feature = "alloc")]
+pub struct HeapMemory {
+    region: ContiguousMemory,
+    layout: core::alloc::Layout,
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for HeapMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeapMemory")
+            .field("base", &self.region.base)
+            .field("len", &self.region.len)
+            .finish()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl HeapMemory {
+    /// Allocates `len` zeroed bytes (rounded up to a page), seen by the device at `base` (which must be 16-aligned).
+    ///
+    /// Returns `None` if `len` is zero, `base` is misaligned or the allocation fails.
+    pub fn new(base: DeviceAddr, len: usize) -> Option<Self> {
+        if len == 0 || !base.is_aligned(16) {
+            return None;
+        }
+        let layout = core::alloc::Layout::from_size_align(len, 4096).ok()?.pad_to_align();
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
+        // SAFETY: the allocation is owned by `Self` and freed only in `Drop`; it is page aligned and `base` is
+        // 16-aligned, so the offsets agree modulo 16; nothing creates references to the bytes.
+        let region = unsafe { ContiguousMemory::from_raw_parts(base, ptr, layout.size()) };
+        Some(Self { region, layout })
+    }
+
+    /// Device address of the first byte.
+    pub fn base(&self) -> DeviceAddr {
+        self.region.base
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len
+    }
+
+    /// Whether the region is empty (never: construction refuses zero).
+    pub fn is_empty(&self) -> bool {
+        self.region.len == 0
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for HeapMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { alloc::alloc::dealloc(self.region.ptr.as_ptr(), self.layout) }
+    }
+}
+
+#[cfg(feature = "alloc")]
+// SAFETY: delegates to the owned `ContiguousMemory`, alive as long as `self`.
+unsafe impl RingMemory for HeapMemory {
+    #[inline]
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        self.region.translate(addr, len)
+    }
+}
+
+/// Memory where host address = device address + a fixed offset, inside a window: a bare-metal guest's identity (or
+/// linearly offset) map.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetMemory {
+    start: DeviceAddr,
+    size: usize,
+    host_minus_device: usize,
+}
+
+impl OffsetMemory {
+    /// Device addresses `[start, start + size)` are at host addresses `device + host_minus_device` (wrapping).
+    ///
+    /// # Safety
+    ///
+    /// Every byte of the window must be mapped, valid for reads and writes for the lifetime of the value, and accessed
+    /// by Rust code only through raw pointers while rings use it. `host_minus_device` must be a multiple of 16.
+    pub unsafe fn new(start: DeviceAddr, size: usize, host_minus_device: usize) -> Self {
+        Self { start, size, host_minus_device }
+    }
+
+    /// An identity map of `[start, start + size)`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`OffsetMemory::new`].
+    pub unsafe fn identity(start: DeviceAddr, size: usize) -> Self {
+        Self { start, size, host_minus_device: 0 }
+    }
+}
+
+// SAFETY: the range is checked against the window whose validity the constructor's caller promised.
+unsafe impl RingMemory for OffsetMemory {
+    #[inline]
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        window_offset(self.start, self.size, addr, len)?;
+        let device = usize::try_from(addr.raw()).ok()?;
+        NonNull::new(device.wrapping_add(self.host_minus_device) as *mut u8)
+    }
+}
+
+/// Adapter for rust-vmm `vm-memory` guest memory (feature `vm-memory`).
+///
+/// A range must lie inside one region. Dirty-page tracking of the guest memory's bitmap is not updated by writes
+/// made through the rings.
+#[cfg(feature = "vm-memory")]
+#[derive(Debug, Clone)]
+pub struct VmMemory<M>(pub M);
+
+#[cfg(feature = "vm-memory")]
+// SAFETY: `get_host_address` returns the mmap'ed host address of a region; both ends of the range are checked to be
+// in the same region, whose mapping lives as long as the `GuestMemoryBackend` (which `self` owns or borrows). Regions
+// of `GuestMemoryMmap` are page aligned, so host and guest addresses agree modulo 16.
+unsafe impl<M: vm_memory::GuestMemoryBackend> RingMemory for VmMemory<M> {
+    fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
+        use vm_memory::{Address, GuestAddress, GuestMemoryRegion};
+        let start = GuestAddress(addr.raw());
+        let last = start.checked_add(u64::try_from(len).ok()?.checked_sub(1)?)?;
+        let region = self.0.find_region(start)?;
+        let offset = region.to_region_addr(start)?;
+        region.to_region_addr(last)?;
+        NonNull::new(region.get_host_address(offset).ok()?)
+    }
+}
+
+/// A translated, bounds-checked ring area (descriptor table, driver area or device area).
+///
+/// Accesses are atomic so that concurrent changes by the peer are not undefined behaviour; offsets are computed by
+/// the ring code from indices it has already reduced modulo the queue size, and are checked here anyway.
+#[derive(Clone, Copy)]
+pub(crate) struct RingRegion {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl fmt::Debug for RingRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingRegion").field("ptr", &self.ptr).field("len", &self.len).finish()
+    }
+}
+
+// SAFETY: a RingRegion only hands out atomic accesses to shared memory.
+unsafe impl Send for RingRegion {}
+// SAFETY: as above.
+unsafe impl Sync for RingRegion {}
+
+macro_rules! atomic_accessors {
+    ($load:ident, $store:ident, $ty:ty, $atomic:ty) => {
+        #[inline(always)]
+        pub(crate) fn $load(&self, offset: usize, order: Ordering) -> $ty {
+            let ptr = self.word::<$ty>(offset);
+            // SAFETY: `word` checked bounds and alignment; the memory is valid per `RingMemory`'s contract, and the
+            // peer only accesses it concurrently, which atomics permit.
+            <$ty>::from_le(unsafe { <$atomic>::from_ptr(ptr) }.load(order))
+        }
+
+        #[inline(always)]
+        pub(crate) fn $store(&self, offset: usize, value: $ty, order: Ordering) {
+            let ptr = self.word::<$ty>(offset);
+            // SAFETY: as for the load.
+            unsafe { <$atomic>::from_ptr(ptr) }.store(value.to_le(), order)
+        }
+    };
+}
+
+impl RingRegion {
+    /// Translates `[addr, addr + len)` and checks `align` on both the device and the host address.
+    ///
+    /// The region holds no borrow: whoever keeps it must keep `memory` alive (and un-mutated) as long as the region
+    /// is used. The queues do so by owning their memory next to their regions.
+    pub(crate) fn new<M: RingMemory + ?Sized>(
+        memory: &M,
+        addr: DeviceAddr,
+        len: usize,
+        align: usize,
+    ) -> Option<Self> {
+        if !addr.is_aligned(align as u64) {
+            return None;
+        }
+        let ptr = memory.translate(addr, len)?;
+        if (ptr.as_ptr() as usize) % align != 0 {
+            return None;
+        }
+        Some(Self { ptr, len })
+    }
+
+    #[inline(always)]
+    fn word<T>(&self, offset: usize) -> *mut T {
+        let size = core::mem::size_of::<T>();
+        // The ring code computes offsets from indices reduced modulo the queue size, so this holds by construction;
+        // a violation is a bug in this crate, and stopping is the only memory-safe answer.
+        assert!(
+            offset % size == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len),
+            "ring access out of bounds: offset {offset} size {size} len {}",
+            self.len
+        );
+        // SAFETY: `offset + size <= len`, so the pointer stays inside the translated range.
+        unsafe { self.ptr.as_ptr().add(offset) }.cast()
+    }
+
+    atomic_accessors!(load_u16, store_u16, u16, AtomicU16);
+    atomic_accessors!(load_u32, store_u32, u32, AtomicU32);
+    atomic_accessors!(load_u64, store_u64, u64, AtomicU64);
+
+    /// Zeroes the whole region (used when a driver (re)initialises a ring).
+    pub(crate) fn zero(&self) {
+        for offset in (0..self.len / 2).map(|i| i * 2) {
+            self.store_u16(offset, 0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A bounds-checked view of payload memory (`[addr, addr + len)` of some [`RingMemory`]), borrowed from it.
+///
+/// The peer may change the bytes at any time; reads copy them out, writes copy them in. Any bit pattern is a valid
+/// byte, so a concurrent change yields stale or torn data, never undefined behaviour in this process's logic.
+#[derive(Clone, Copy)]
+pub struct DeviceSlice<'m> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _memory: PhantomData<&'m ()>,
+}
+
+impl fmt::Debug for DeviceSlice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceSlice").field("ptr", &self.ptr).field("len", &self.len).finish()
+    }
+}
+
+impl<'m> DeviceSlice<'m> {
+    /// Translates `[addr, addr + len)` in `memory`; `None` if any byte is outside it. A zero `len` gives an empty
+    /// slice.
+    pub fn new<M: RingMemory + ?Sized>(memory: &'m M, addr: DeviceAddr, len: usize) -> Option<Self> {
+        if len == 0 {
+            return Some(Self { ptr: NonNull::dangling(), len: 0, _memory: PhantomData });
+        }
+        let ptr = memory.translate(addr, len)?;
+        Some(Self { ptr, len, _memory: PhantomData })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Host pointer to the first byte, for zero-copy I/O (`readv`/`writev` iovecs). Valid for `len()` bytes while
+    /// the memory is borrowed.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The sub-slice `[offset, offset + len)`, or `None` if it does not fit.
+    pub fn subslice(&self, offset: usize, len: usize) -> Option<Self> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: `offset <= len`, inside the translated range (or dangling with offset 0 for an empty slice).
+        let ptr = unsafe { self.ptr.add(offset) };
+        Some(Self { ptr, len, _memory: PhantomData })
+    }
+
+    /// Copies `min(self.len() - offset, dst.len())` bytes starting at `offset` into `dst`; returns the count.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> usize {
+        let count = self.len.saturating_sub(offset).min(dst.len());
+        if count != 0 {
+            // SAFETY: `offset + count <= len` is inside the translated range; `dst` is a distinct Rust buffer (it
+            // cannot alias peer memory, which no Rust reference points into).
+            unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), count) }
+        }
+        count
+    }
+
+    /// Copies `min(self.len() - offset, src.len())` bytes from `src` to `offset`; returns the count.
+    pub fn write_at(&self, offset: usize, src: &[u8]) -> usize {
+        let count = self.len.saturating_sub(offset).min(src.len());
+        if count != 0 {
+            // SAFETY: as in `read_at`, with the roles swapped.
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), count) }
+        }
+        count
+    }
+
+    /// Fills the slice with `byte`.
+    pub fn fill(&self, byte: u8) {
+        if self.len != 0 {
+            // SAFETY: the whole translated range.
+            unsafe { core::ptr::write_bytes(self.ptr.as_ptr(), byte, self.len) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguous_translate_outside_window_returns_none() {
+        let mem = HeapMemory::new(DeviceAddr::new(0x1000), 0x1000).expect("alloc");
+        assert!(mem.translate(DeviceAddr::new(0x1000), 0x1000).is_some());
+        assert!(mem.translate(DeviceAddr::new(0xfff), 1).is_none());
+        assert!(mem.translate(DeviceAddr::new(0x1fff), 2).is_none());
+        assert!(mem.translate(DeviceAddr::new(u64::MAX), 2).is_none());
+        assert!(mem.translate(DeviceAddr::new(0x1000), 0).is_none());
+    }
+
+    #[test]
+    fn offset_memory_maps_linearly() {
+        let mut backing = [0u8; 64];
+        let host = backing.as_mut_ptr() as usize;
+        // SAFETY: `backing` outlives `mem` and is only accessed through it below.
+        let mem = unsafe { OffsetMemory::new(DeviceAddr::new(0x100), 64, host.wrapping_sub(0x100)) };
+        let ptr = mem.translate(DeviceAddr::new(0x110), 4).expect("inside");
+        assert_eq!(ptr.as_ptr() as usize, host + 0x10);
+        assert!(mem.translate(DeviceAddr::new(0x13f), 2).is_none());
+    }
+
+    #[test]
+    fn device_slice_copies_are_bounded() {
+        let mem = HeapMemory::new(DeviceAddr::new(0), 4096).expect("alloc");
+        let slice = DeviceSlice::new(&mem, DeviceAddr::new(8), 4).expect("inside");
+        assert_eq!(slice.write_at(2, &[1, 2, 3, 4]), 2);
+        let mut out = [0u8; 8];
+        assert_eq!(slice.read_at(0, &mut out), 4);
+        assert_eq!(&out[..4], &[0, 0, 1, 2]);
+        assert_eq!(slice.read_at(9, &mut out), 0);
+    }
+}

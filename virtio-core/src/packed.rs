@@ -1,0 +1,688 @@
+//! Packed virtqueues (virtio 1.3 §2.8) in both roles.
+//!
+//! Layout (little-endian):
+//! - descriptor ring: `size` × { addr: u64, len: u32, id: u16, flags: u16 } (§2.8.13), 16-aligned;
+//! - driver area: driver event suppression { off_wrap: u16, flags: u16 } (§2.8.14), written by the driver;
+//! - device area: device event suppression, same layout, written by the device.
+//!
+//! A descriptor is available when its AVAIL bit equals the driver's wrap counter and its USED bit differs; it is used
+//! when both bits equal the device's wrap counter.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+
+use crate::chain::{Chain, ChainBuilder, ChainRef};
+use crate::error::{Error, Result};
+use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
+use crate::queue::{need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken};
+use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
+use crate::spec::ring::{
+    DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, PACKED_EVENT_FLAG_DESC,
+    PACKED_EVENT_FLAG_DISABLE, PACKED_EVENT_FLAG_ENABLE,
+};
+
+const DESC_SIZE: usize = 16;
+const MAX_INDIRECT_ENTRIES: u32 = 1024;
+
+#[inline(always)]
+fn avail_flags(wrap: bool) -> u16 {
+    if wrap {
+        PACKED_DESC_F_AVAIL
+    } else {
+        PACKED_DESC_F_USED
+    }
+}
+
+#[inline(always)]
+fn used_flags(wrap: bool) -> u16 {
+    if wrap {
+        PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn is_available(flags: u16, wrap: bool) -> bool {
+    (flags & PACKED_DESC_F_AVAIL != 0) == wrap && (flags & PACKED_DESC_F_USED != 0) != wrap
+}
+
+#[inline(always)]
+fn is_used(flags: u16, wrap: bool) -> bool {
+    (flags & PACKED_DESC_F_AVAIL != 0) == wrap && (flags & PACKED_DESC_F_USED != 0) == wrap
+}
+
+/// Advances a ring position by `by` slots, flipping the wrap counter when it passes the end.
+#[inline(always)]
+fn advance(pos: &mut u16, wrap: &mut bool, by: u16, size: u16) {
+    let next = u32::from(*pos) + u32::from(by);
+    if next >= u32::from(size) {
+        *pos = u16::try_from(next - u32::from(size)).unwrap_or(0);
+        *wrap = !*wrap;
+    } else {
+        *pos = u16::try_from(next).unwrap_or(0);
+    }
+}
+
+/// Decides a notification from an event suppression structure (`off_wrap | flags << 16`), for an index that moved
+/// from `new - moved` to `new` under wrap counter `wrap` (Linux `virtqueue_kick_prepare_packed`).
+#[inline(always)]
+fn event_wants(event: u32, event_idx: bool, new: u16, moved: u16, wrap: bool, size: u16, first: bool) -> bool {
+    #[allow(clippy::cast_possible_truncation)] // the two u16 halves of the snapshot
+    let (off_wrap, flags) = (event as u16, (event >> 16) as u16);
+    match flags {
+        PACKED_EVENT_FLAG_DISABLE => false,
+        PACKED_EVENT_FLAG_DESC if event_idx => {
+            let mut at = off_wrap & 0x7fff;
+            if (off_wrap >> 15 != 0) != wrap {
+                at = at.wrapping_sub(size);
+            }
+            first || need_event(at, new, new.wrapping_sub(moved))
+        }
+        // ENABLE, DESC without EVENT_IDX, and reserved values: notify rather than risk a stall.
+        _ => true,
+    }
+}
+
+fn event_value(flags: u16, pos: u16, wrap: bool) -> u32 {
+    u32::from(pos | (u16::from(wrap) << 15)) | (u32::from(flags) << 16)
+}
+
+/// The device side of a packed virtqueue.
+#[derive(Debug)]
+pub struct PackedDeviceQueue<M> {
+    memory: M,
+    config: QueueConfig,
+    features: RingFeatures,
+    size: u16,
+    desc: RingRegion,
+    driver_event: RingRegion,
+    device_event: RingRegion,
+    next_avail: u16,
+    avail_wrap: bool,
+    next_used: u16,
+    used_wrap: bool,
+    used_since_signal: u16,
+    signalled: bool,
+    broken: bool,
+    scratch: Chain,
+}
+
+impl<M: RingMemory> PackedDeviceQueue<M> {
+    /// Validates `config` and starts a live queue at position 0, wrap counters set.
+    pub fn activate(config: &QueueConfig, features: RingFeatures, memory: M) -> Result<Self> {
+        if !config.ready {
+            return Err(Error::QueueNotReady);
+        }
+        config.validate_size(RingFormat::Packed)?;
+        let (desc, driver_event, device_event) = crate::split::map_areas(&memory, config, RingFormat::Packed)?;
+        Ok(Self {
+            memory,
+            config: *config,
+            features,
+            size: config.size,
+            desc,
+            driver_event,
+            device_event,
+            next_avail: 0,
+            avail_wrap: true,
+            next_used: 0,
+            used_wrap: true,
+            used_since_signal: 0,
+            signalled: false,
+            broken: false,
+            scratch: Chain::with_capacity(usize::from(config.size)),
+        })
+    }
+
+    /// The configuration this queue was activated with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The memory the queue lives in.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Whether an earlier peer fault stopped the queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn fault<T>(&mut self, error: Error) -> Result<T> {
+        if error.is_peer_fault() {
+            self.broken = true;
+        }
+        Err(error)
+    }
+
+    #[inline(always)]
+    fn flags_at(&self, pos: u16, order: Ordering) -> u16 {
+        self.desc.load_u16(usize::from(pos) * DESC_SIZE + 14, order)
+    }
+
+    /// Pops the next available chain into `chain`. Returns `false` when nothing is available.
+    pub fn pop_into(&mut self, chain: &mut Chain) -> Result<bool> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        // Acquire pairs with the driver's release store of the head descriptor's flags, written after the rest of
+        // the chain.
+        let head_flags = self.flags_at(self.next_avail, Ordering::Acquire);
+        if !is_available(head_flags, self.avail_wrap) {
+            return Ok(false);
+        }
+        match self.read_chain(head_flags, chain) {
+            Ok((pos, wrap)) => {
+                self.next_avail = pos;
+                self.avail_wrap = wrap;
+                Ok(true)
+            }
+            Err(e) => self.fault(e),
+        }
+    }
+
+    /// Pops the next available chain into the queue's own scratch chain.
+    pub fn pop(&mut self) -> Result<Option<ChainRef<'_, M>>> {
+        let mut scratch = core::mem::replace(&mut self.scratch, Chain::with_capacity(0));
+        let result = self.pop_into(&mut scratch);
+        self.scratch = scratch;
+        match result {
+            Ok(true) => Ok(Some(ChainRef { chain: &self.scratch, memory: &self.memory })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_chain(&self, head_flags: u16, chain: &mut Chain) -> Result<(u16, bool)> {
+        let size = u32::from(self.size);
+        let mut builder = chain.begin();
+        let (mut pos, mut wrap) = (self.next_avail, self.avail_wrap);
+        let mut slots: u16 = 0;
+        let mut flags = head_flags;
+        loop {
+            builder.count(size)?;
+            if slots != 0 {
+                // Written before the head's flags, so visible after the acquire on them; checked anyway, since a
+                // driver that publishes a head before its tail is broken.
+                flags = self.flags_at(pos, Ordering::Relaxed);
+                if !is_available(flags, wrap) {
+                    return Err(Error::PackedDescriptorNotAvailable { index: pos });
+                }
+            }
+            let base = usize::from(pos) * DESC_SIZE;
+            let addr = DeviceAddr::new(self.desc.load_u64(base, Ordering::Relaxed));
+            let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
+            let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
+            slots += 1;
+            advance(&mut pos, &mut wrap, 1, self.size);
+            if flags & DESC_F_INDIRECT != 0 {
+                if !self.features.indirect {
+                    return Err(Error::IndirectNotNegotiated);
+                }
+                if slots != 1 || flags & DESC_F_NEXT != 0 {
+                    return Err(Error::IndirectWithNext);
+                }
+                self.read_indirect(&mut builder, addr, len)?;
+            } else {
+                builder.push(&self.memory, addr, len, flags & DESC_F_WRITE != 0)?;
+            }
+            if flags & DESC_F_NEXT == 0 || flags & DESC_F_INDIRECT != 0 {
+                // The buffer id is in the last descriptor of the chain (virtio 1.3 §2.8.6).
+                if id >= self.size {
+                    return Err(Error::BufferIdOutOfRange { id, size: self.size });
+                }
+                builder.finish(id, slots);
+                return Ok((pos, wrap));
+            }
+        }
+    }
+
+    fn read_indirect(&self, builder: &mut ChainBuilder<'_>, addr: DeviceAddr, len: u32) -> Result<()> {
+        if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_ENTRIES.max(u32::from(self.size)) {
+            return Err(Error::IndirectTableLength { len });
+        }
+        let table = DeviceSlice::new(&self.memory, addr, len as usize).ok_or(Error::BufferOutOfMemory { addr, len })?;
+        // Packed indirect tables are used sequentially; only WRITE is meaningful (virtio 1.3 §2.8.20).
+        for index in 0..(len / 16) as usize {
+            let mut raw = [0u8; 16];
+            table.read_at(index * 16, &mut raw);
+            let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, _, _, f0, f1] = raw;
+            let flags = u16::from_le_bytes([f0, f1]);
+            if flags & DESC_F_INDIRECT != 0 {
+                return Err(Error::NestedIndirect);
+            }
+            let addr = DeviceAddr::new(u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]));
+            builder.push(&self.memory, addr, u32::from_le_bytes([l0, l1, l2, l3]), flags & DESC_F_WRITE != 0)?;
+        }
+        Ok(())
+    }
+
+    fn check_token(&self, token: UsedToken) -> Result<()> {
+        if token.id >= self.size || token.descriptors == 0 || token.descriptors > self.size {
+            return Err(Error::InvalidUsedToken { id: token.id, size: self.size });
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn write_used_elem(&mut self, id: u16, len: u32, publish: Option<Ordering>) -> u16 {
+        let pos = self.next_used;
+        let base = usize::from(pos) * DESC_SIZE;
+        self.desc.store_u32(base + 8, len, Ordering::Relaxed);
+        self.desc.store_u16(base + 12, id, Ordering::Relaxed);
+        let flags = used_flags(self.used_wrap) | if len != 0 { DESC_F_WRITE } else { 0 };
+        if let Some(order) = publish {
+            // Release pairs with the driver's acquire load of these flags before it reads id and len.
+            self.desc.store_u16(base + 14, flags, order);
+        }
+        flags
+    }
+
+    fn advance_used(&mut self, slots: u16) {
+        advance(&mut self.next_used, &mut self.used_wrap, slots, self.size);
+        self.used_since_signal = self.used_since_signal.wrapping_add(slots);
+    }
+
+    /// Returns a chain to the driver with `len` bytes written.
+    pub fn add_used(&mut self, token: UsedToken, len: u32) -> Result<()> {
+        self.check_token(token)?;
+        self.write_used_elem(token.id, len, Some(Ordering::Release));
+        self.advance_used(token.descriptors);
+        Ok(())
+    }
+
+    /// Returns several chains; the first element's flags are written last so the driver sees the batch at once.
+    pub fn add_used_batch(&mut self, used: &[(UsedToken, u32)]) -> Result<()> {
+        for &(token, _) in used {
+            self.check_token(token)?;
+        }
+        let Some(((first_token, first_len), rest)) = used.split_first() else { return Ok(()) };
+        let first_pos = self.next_used;
+        let first_flags = self.write_used_elem(first_token.id, *first_len, None);
+        self.advance_used(first_token.descriptors);
+        for &(token, len) in rest {
+            self.write_used_elem(token.id, len, Some(Ordering::Relaxed));
+            self.advance_used(token.descriptors);
+        }
+        // Release publishes the whole batch: the driver reads in ring order and starts at the first element.
+        self.desc.store_u16(usize::from(first_pos) * DESC_SIZE + 14, first_flags, Ordering::Release);
+        Ok(())
+    }
+
+    /// With VIRTIO_F_IN_ORDER: returns a batch of chains used in order with a single used descriptor naming the
+    /// last (virtio 1.3 §2.8.11).
+    pub fn add_used_in_order(&mut self, batch: &InOrderBatch, len: u32) -> Result<()> {
+        let Some(last) = batch.last() else { return Err(Error::InOrderNotNegotiated) };
+        if !self.features.in_order {
+            return Err(Error::InOrderNotNegotiated);
+        }
+        self.check_token(last)?;
+        if batch.descriptors() > self.size {
+            return Err(Error::InvalidUsedToken { id: last.id, size: self.size });
+        }
+        self.write_used_elem(last.id, len, Some(Ordering::Release));
+        self.advance_used(batch.descriptors());
+        Ok(())
+    }
+
+    /// Whether the driver wants an interrupt for what was used since the last call (driver event suppression).
+    pub fn needs_notification(&mut self) -> bool {
+        // Pairs with the driver's barrier in `enable_callbacks` between writing its event suppression and
+        // re-checking the ring.
+        fence(Ordering::SeqCst);
+        let event = self.driver_event.load_u32(0, Ordering::Relaxed);
+        let moved = core::mem::take(&mut self.used_since_signal);
+        let first = !core::mem::replace(&mut self.signalled, true);
+        if moved == 0 && !first {
+            return false;
+        }
+        event_wants(event, self.features.event_idx, self.next_used, moved, self.used_wrap, self.size, first)
+    }
+
+    /// Asks the driver to notify again, then re-checks for buffers that raced with the request. Returns `true` if a
+    /// chain is available.
+    pub fn enable_notification(&mut self) -> Result<bool> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let value = if self.features.event_idx {
+            event_value(PACKED_EVENT_FLAG_DESC, self.next_avail, self.avail_wrap)
+        } else {
+            event_value(PACKED_EVENT_FLAG_ENABLE, 0, false)
+        };
+        self.device_event.store_u32(0, value, Ordering::Relaxed);
+        // Pairs with the driver's barrier in `kick_prepare` between publishing descriptors and reading this.
+        fence(Ordering::SeqCst);
+        Ok(is_available(self.flags_at(self.next_avail, Ordering::Acquire), self.avail_wrap))
+    }
+
+    /// Asks the driver not to notify (a hint).
+    pub fn disable_notification(&mut self) {
+        self.device_event.store_u32(0, event_value(PACKED_EVENT_FLAG_DISABLE, 0, false), Ordering::Relaxed);
+    }
+
+    /// Stops the queue and returns its configuration and memory.
+    pub fn into_parts(self) -> (QueueConfig, M) {
+        (self.config, self.memory)
+    }
+}
+
+#[derive(Debug)]
+struct IdState<T> {
+    next_free: u16,
+    token: Option<T>,
+    descriptors: u16,
+    writable: u32,
+}
+
+/// The driver side of a packed virtqueue.
+#[derive(Debug)]
+pub struct PackedDriverQueue<M, T> {
+    memory: M,
+    config: QueueConfig,
+    features: RingFeatures,
+    size: u16,
+    desc: RingRegion,
+    driver_event: RingRegion,
+    device_event: RingRegion,
+    indirect: Option<(IndirectPool, RingRegion)>,
+    ids: Vec<IdState<T>>,
+    free_id: u16,
+    num_free: u16,
+    in_flight: u16,
+    next_avail: u16,
+    avail_wrap: bool,
+    num_added: u16,
+    last_used: u16,
+    used_wrap: bool,
+    callbacks: bool,
+    broken: bool,
+    in_order: InOrderTracker,
+}
+
+impl<M: RingMemory, T> PackedDriverQueue<M, T> {
+    /// Initialises (zeroes) the ring areas named by `config`.
+    pub fn new(
+        config: &QueueConfig,
+        features: RingFeatures,
+        memory: M,
+        indirect: Option<IndirectPool>,
+    ) -> Result<Self> {
+        config.validate_size(RingFormat::Packed)?;
+        let (desc, driver_event, device_event) = crate::split::map_areas(&memory, config, RingFormat::Packed)?;
+        let indirect = match indirect {
+            Some(pool) if features.indirect => Some((pool, pool.map(&memory, config.size)?)),
+            _ => None,
+        };
+        let size = config.size;
+        let mut ids = Vec::with_capacity(usize::from(size));
+        ids.extend((0..size).map(|i| IdState { next_free: i + 1, token: None, descriptors: 0, writable: 0 }));
+        let mut queue = Self {
+            memory,
+            config: *config,
+            features,
+            size,
+            desc,
+            driver_event,
+            device_event,
+            indirect,
+            ids,
+            free_id: 0,
+            num_free: size,
+            in_flight: 0,
+            next_avail: 0,
+            avail_wrap: true,
+            num_added: 0,
+            last_used: 0,
+            used_wrap: true,
+            callbacks: true,
+            broken: false,
+            in_order: InOrderTracker::new(features.in_order, size),
+        };
+        queue.reinit();
+        Ok(queue)
+    }
+
+    fn reinit(&mut self) {
+        self.desc.zero();
+        self.driver_event.zero();
+        self.device_event.zero();
+        for (i, state) in (1u16..).zip(self.ids.iter_mut()) {
+            state.next_free = i;
+            state.descriptors = 0;
+            state.writable = 0;
+        }
+        self.free_id = 0;
+        self.num_free = self.size;
+        self.in_flight = 0;
+        self.next_avail = 0;
+        self.avail_wrap = true;
+        self.num_added = 0;
+        self.last_used = 0;
+        self.used_wrap = true;
+        self.callbacks = true;
+        self.broken = false;
+        self.in_order.clear();
+    }
+
+    /// The configuration to hand the transport.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Free descriptor slots.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Buffers in flight.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Whether an earlier device fault stopped the queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The memory the queue lives in.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    fn fault<R>(&mut self, error: Error) -> Result<R> {
+        self.broken = true;
+        Err(error)
+    }
+
+    #[inline(always)]
+    fn write_desc(&self, pos: u16, addr: u64, len: u32, id: u16) {
+        let base = usize::from(pos) * DESC_SIZE;
+        self.desc.store_u64(base, addr, Ordering::Relaxed);
+        self.desc.store_u32(base + 8, len, Ordering::Relaxed);
+        self.desc.store_u16(base + 12, id, Ordering::Relaxed);
+    }
+
+    /// Makes a chain of device-readable then device-writable buffers available with `token`.
+    pub fn add(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
+        let use_indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
+        let needed = if use_indirect { 1 } else { u16::try_from(total).unwrap_or(u16::MAX) };
+        if needed > self.num_free {
+            return Err(Error::QueueFull { needed, free: self.num_free });
+        }
+        let id = self.free_id;
+        let Some(state) = self.ids.get_mut(usize::from(id)) else {
+            return Err(Error::QueueFull { needed, free: 0 });
+        };
+        self.free_id = state.next_free;
+        state.token = Some(token);
+        state.descriptors = needed;
+        state.writable = writable_len;
+
+        let head = self.next_avail;
+        let head_wrap = self.avail_wrap;
+        let mut head_flags = avail_flags(head_wrap);
+        let buffers = readable.iter().map(|b| (b, 0)).chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
+        if use_indirect {
+            if let Some((pool, table)) = &self.indirect {
+                let base = usize::from(id) * usize::from(pool.entries_per_chain) * DESC_SIZE;
+                for (i, (buffer, write)) in buffers.enumerate() {
+                    let off = base + i * DESC_SIZE;
+                    table.store_u64(off, buffer.addr.raw(), Ordering::Relaxed);
+                    table.store_u32(off + 8, buffer.len, Ordering::Relaxed);
+                    table.store_u16(off + 12, 0, Ordering::Relaxed);
+                    table.store_u16(off + 14, write, Ordering::Relaxed);
+                }
+                let len = u32::try_from(total * DESC_SIZE).unwrap_or(u32::MAX);
+                self.write_desc(head, pool.table_addr(id).raw(), len, id);
+                head_flags |= DESC_F_INDIRECT;
+            }
+            advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
+        } else {
+            let (mut pos, mut wrap) = (head, head_wrap);
+            for (i, (buffer, write)) in buffers.enumerate() {
+                let next = if i + 1 < total { DESC_F_NEXT } else { 0 };
+                self.write_desc(pos, buffer.addr.raw(), buffer.len, id);
+                if i == 0 {
+                    head_flags |= write | next;
+                } else {
+                    // Tail descriptors become visible with the head's release store below.
+                    let base = usize::from(pos) * DESC_SIZE;
+                    self.desc.store_u16(base + 14, avail_flags(wrap) | write | next, Ordering::Relaxed);
+                }
+                advance(&mut pos, &mut wrap, 1, self.size);
+            }
+            self.next_avail = pos;
+            self.avail_wrap = wrap;
+        }
+        self.num_free -= needed;
+        self.num_added = self.num_added.wrapping_add(needed);
+        self.in_flight += 1;
+        self.in_order.push(id);
+        // Release pairs with the device's acquire load of the head flags: the whole chain is visible first.
+        self.desc.store_u16(usize::from(head) * DESC_SIZE + 14, head_flags, Ordering::Release);
+        Ok(id)
+    }
+
+    /// Decides whether the device wants a notification for the descriptors added since the last call.
+    pub fn kick_prepare(&mut self) -> bool {
+        // Full barrier between publishing descriptors and reading the device's event suppression; pairs with the
+        // device's barrier in `enable_notification`.
+        fence(Ordering::SeqCst);
+        let moved = core::mem::take(&mut self.num_added);
+        let event = self.device_event.load_u32(0, Ordering::Relaxed);
+        event_wants(event, self.features.event_idx, self.next_avail, moved, self.avail_wrap, self.size, false)
+    }
+
+    /// The value to write to the notify register with VIRTIO_F_NOTIFICATION_DATA.
+    pub fn notification_data(&self, queue: u16) -> NotificationData {
+        NotificationData { queue, next_off: self.next_avail, next_wrap: self.avail_wrap }
+    }
+
+    /// Whether the device has returned buffers not yet collected.
+    pub fn has_used(&self) -> bool {
+        self.in_order.batch_pending()
+            || is_used(
+                self.desc.load_u16(usize::from(self.last_used) * DESC_SIZE + 14, Ordering::Acquire),
+                self.used_wrap,
+            )
+    }
+
+    /// Collects the next used buffer, validating the id and length the device wrote.
+    pub fn pop_used(&mut self) -> Result<Option<Used<T>>> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let (id, len) = match self.in_order.next_in_batch() {
+            Some(id) => (id, None),
+            None => {
+                let base = usize::from(self.last_used) * DESC_SIZE;
+                // Acquire pairs with the device's release store of the flags, written after id and len.
+                let flags = self.desc.load_u16(base + 14, Ordering::Acquire);
+                if !is_used(flags, self.used_wrap) {
+                    return Ok(None);
+                }
+                let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
+                let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
+                if id >= self.size {
+                    return self.fault(Error::UsedIdOutOfRange { id: u32::from(id), size: self.size });
+                }
+                if self.ids.get(usize::from(id)).is_none_or(|s| s.token.is_none()) {
+                    return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+                }
+                match self.in_order.start(id, len) {
+                    Some(first) => (first, None),
+                    None => (id, Some(len)),
+                }
+            }
+        };
+        let finished = self.in_order.finished_len(id);
+        let Some(state) = self.ids.get_mut(usize::from(id)) else {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        };
+        let len = len.or(finished).unwrap_or(state.writable);
+        if len > state.writable {
+            let offered = state.writable;
+            return self.fault(Error::UsedLengthTooLarge { len, offered });
+        }
+        let Some(token) = state.token.take() else {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        };
+        let descriptors = state.descriptors;
+        state.next_free = self.free_id;
+        self.free_id = id;
+        self.in_order.retire(id);
+        self.num_free += descriptors;
+        self.in_flight -= 1;
+        advance(&mut self.last_used, &mut self.used_wrap, descriptors, self.size);
+        if self.features.event_idx && self.callbacks {
+            let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
+            self.driver_event.store_u32(0, value, Ordering::Relaxed);
+            // Orders the request before the next read of the ring (Linux `virtio_store_mb` on `off_wrap`).
+            fence(Ordering::SeqCst);
+        }
+        Ok(Some(Used { token, len }))
+    }
+
+    /// Requests interrupts again. Returns `false` if used buffers arrived meanwhile.
+    pub fn enable_callbacks(&mut self) -> bool {
+        self.callbacks = true;
+        let value = if self.features.event_idx {
+            event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap)
+        } else {
+            event_value(PACKED_EVENT_FLAG_ENABLE, 0, false)
+        };
+        self.driver_event.store_u32(0, value, Ordering::Relaxed);
+        // Pairs with the device's barrier in `needs_notification`.
+        fence(Ordering::SeqCst);
+        !self.has_used()
+    }
+
+    /// Asks the device not to interrupt (a hint).
+    pub fn disable_callbacks(&mut self) {
+        self.callbacks = false;
+        self.driver_event.store_u32(0, event_value(PACKED_EVENT_FLAG_DISABLE, 0, false), Ordering::Relaxed);
+    }
+
+    /// Takes back every buffer in flight and re-initialises the ring (device or queue reset).
+    pub fn reset(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.reinit();
+        self.ids.iter_mut().filter_map(|s| s.token.take())
+    }
+}

@@ -1,0 +1,776 @@
+//! Split virtqueues (virtio 1.3 §2.7) in both roles.
+//!
+//! Layout (little-endian):
+//! - descriptor table: `size` × { addr: u64, len: u32, flags: u16, next: u16 } (§2.7.5), 16-aligned;
+//! - available ring (driver area): flags u16, idx u16, ring[size] u16, used_event u16 (§2.7.6), 2-aligned;
+//! - used ring (device area): flags u16, idx u16, ring[size] { id: u32, len: u32 }, avail_event u16 (§2.7.8),
+//!   4-aligned.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+
+use crate::chain::{Chain, ChainRef};
+use crate::error::{Error, RingArea, Result};
+use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
+use crate::queue::{need_event, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
+use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
+use crate::spec::ring::{AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY};
+
+const DESC_SIZE: usize = 16;
+const AVAIL_IDX: usize = 2;
+const USED_IDX: usize = 2;
+/// Most entries an indirect table may have (QEMU's VIRTQUEUE_MAX_SIZE), beyond the queue size.
+const MAX_INDIRECT_ENTRIES: u32 = 1024;
+
+/// Checks alignment and translates the three areas of a split ring.
+pub(crate) fn map_areas<M: RingMemory + ?Sized>(
+    memory: &M,
+    config: &QueueConfig,
+    format: RingFormat,
+) -> Result<(RingRegion, RingRegion, RingRegion)> {
+    let layout = RingLayout::new(format, config.size);
+    let (a_desc, a_drv, a_dev) = RingLayout::alignments(format);
+    let map = |area, addr: DeviceAddr, len, align: usize| {
+        if !addr.is_aligned(align as u64) {
+            #[allow(clippy::cast_possible_truncation)] // alignments are 2, 4 or 16
+            return Err(Error::MisalignedArea { area, addr, align: align as u16 });
+        }
+        RingRegion::new(memory, addr, len, align).ok_or(Error::AreaOutOfMemory { area, addr, len })
+    };
+    Ok((
+        map(RingArea::Descriptors, config.descriptors, layout.descriptors_len, a_desc)?,
+        map(RingArea::DriverArea, config.driver_area, layout.driver_area_len, a_drv)?,
+        map(RingArea::DeviceArea, config.device_area, layout.device_area_len, a_dev)?,
+    ))
+}
+
+/// One descriptor, read field by field exactly once.
+#[derive(Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+#[inline(always)]
+fn read_desc(table: &RingRegion, index: u16) -> Desc {
+    let base = usize::from(index) * DESC_SIZE;
+    Desc {
+        addr: table.load_u64(base, Ordering::Relaxed),
+        len: table.load_u32(base + 8, Ordering::Relaxed),
+        flags: table.load_u16(base + 12, Ordering::Relaxed),
+        next: table.load_u16(base + 14, Ordering::Relaxed),
+    }
+}
+
+#[inline(always)]
+fn write_desc(table: &RingRegion, index: u16, desc: Desc) {
+    let base = usize::from(index) * DESC_SIZE;
+    table.store_u64(base, desc.addr, Ordering::Relaxed);
+    table.store_u32(base + 8, desc.len, Ordering::Relaxed);
+    table.store_u16(base + 12, desc.flags, Ordering::Relaxed);
+    table.store_u16(base + 14, desc.next, Ordering::Relaxed);
+}
+
+fn parse_desc(bytes: &[u8; 16]) -> Desc {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = *bytes;
+    Desc {
+        addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+        len: u32::from_le_bytes([l0, l1, l2, l3]),
+        flags: u16::from_le_bytes([f0, f1]),
+        next: u16::from_le_bytes([n0, n1]),
+    }
+}
+
+/// The device side of a split virtqueue: pops chains the driver made available, returns them as used.
+#[derive(Debug)]
+pub struct SplitDeviceQueue<M> {
+    memory: M,
+    config: QueueConfig,
+    features: RingFeatures,
+    size: u16,
+    desc: RingRegion,
+    avail: RingRegion,
+    used: RingRegion,
+    next_avail: u16,
+    shadow_avail: u16,
+    next_used: u16,
+    signalled_used: Option<u16>,
+    notifications: bool,
+    broken: bool,
+    scratch: Chain,
+}
+
+impl<M: RingMemory> SplitDeviceQueue<M> {
+    /// Validates `config` (size, alignment, areas inside memory) and starts a live queue at index 0.
+    pub fn activate(config: &QueueConfig, features: RingFeatures, memory: M) -> Result<Self> {
+        if !config.ready {
+            return Err(Error::QueueNotReady);
+        }
+        config.validate_size(RingFormat::Split)?;
+        let (desc, avail, used) = map_areas(&memory, config, RingFormat::Split)?;
+        Ok(Self {
+            memory,
+            config: *config,
+            features,
+            size: config.size,
+            desc,
+            avail,
+            used,
+            next_avail: 0,
+            shadow_avail: 0,
+            next_used: 0,
+            signalled_used: None,
+            notifications: true,
+            broken: false,
+            scratch: Chain::with_capacity(usize::from(config.size)),
+        })
+    }
+
+    /// The configuration this queue was activated with.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// The memory the queue lives in.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Whether an earlier peer fault stopped the queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The next available index the device will process (for migration and debugging).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// The next used index the device will write.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    fn fault<T>(&mut self, error: Error) -> Result<T> {
+        if error.is_peer_fault() {
+            self.broken = true;
+        }
+        Err(error)
+    }
+
+    fn avail_used_event_offset(&self) -> usize {
+        4 + 2 * usize::from(self.size)
+    }
+
+    fn used_avail_event_offset(&self) -> usize {
+        4 + 8 * usize::from(self.size)
+    }
+
+    /// Reads `avail.idx` and checks it against what was processed (CVE-2016-5403: the driver may not claim more than
+    /// a queue's worth of new entries).
+    fn refresh_avail(&mut self) -> Result<u16> {
+        // Acquire pairs with the driver's release store of `avail.idx`, made after it wrote the ring entries and
+        // descriptors: once the index is seen, so are they.
+        let idx = self.avail.load_u16(AVAIL_IDX, Ordering::Acquire);
+        let pending = idx.wrapping_sub(self.next_avail);
+        if pending > self.size {
+            return self.fault(Error::AvailIndexJump {
+                avail_idx: idx,
+                last_avail: self.next_avail,
+                size: self.size,
+            });
+        }
+        self.shadow_avail = idx;
+        Ok(pending)
+    }
+
+    /// Pops the next available chain into `chain` (reusable; see [`Chain::with_capacity`]). Returns `false` when
+    /// the ring is empty.
+    pub fn pop_into(&mut self, chain: &mut Chain) -> Result<bool> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        if self.next_avail == self.shadow_avail && self.refresh_avail()? == 0 {
+            return Ok(false);
+        }
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        let head = self.avail.load_u16(4 + 2 * slot, Ordering::Relaxed);
+        if let Err(e) = self.read_chain(head, chain) {
+            return self.fault(e);
+        }
+        self.next_avail = self.next_avail.wrapping_add(1);
+        if self.features.event_idx && self.notifications {
+            // Ask for a kick once the driver publishes past what was consumed (QEMU does the same on every pop),
+            // so a device that only pops on kicks never stalls.
+            let off = self.used_avail_event_offset();
+            self.used.store_u16(off, self.next_avail, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Pops the next available chain into the queue's own scratch chain.
+    pub fn pop(&mut self) -> Result<Option<ChainRef<'_, M>>> {
+        let mut scratch = core::mem::replace(&mut self.scratch, Chain::with_capacity(0));
+        let result = self.pop_into(&mut scratch);
+        self.scratch = scratch;
+        match result {
+            Ok(true) => Ok(Some(ChainRef { chain: &self.scratch, memory: &self.memory })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_chain(&self, head: u16, chain: &mut Chain) -> Result<()> {
+        let size = u32::from(self.size);
+        let mut builder = chain.begin();
+        let mut index = head;
+        loop {
+            if index >= self.size {
+                return Err(Error::DescriptorIndexOutOfRange { index: u32::from(index), size });
+            }
+            builder.count(size)?;
+            let desc = read_desc(&self.desc, index);
+            if desc.flags & DESC_F_INDIRECT != 0 {
+                if !self.features.indirect {
+                    return Err(Error::IndirectNotNegotiated);
+                }
+                if desc.flags & DESC_F_NEXT != 0 {
+                    return Err(Error::IndirectWithNext);
+                }
+                self.read_indirect(&mut builder, DeviceAddr::new(desc.addr), desc.len)?;
+                break;
+            }
+            builder.push(&self.memory, DeviceAddr::new(desc.addr), desc.len, desc.flags & DESC_F_WRITE != 0)?;
+            if desc.flags & DESC_F_NEXT == 0 {
+                break;
+            }
+            index = desc.next;
+        }
+        builder.finish(head, 1);
+        Ok(())
+    }
+
+    fn read_indirect(&self, builder: &mut crate::chain::ChainBuilder<'_>, addr: DeviceAddr, len: u32) -> Result<()> {
+        if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_ENTRIES.max(u32::from(self.size)) {
+            return Err(Error::IndirectTableLength { len });
+        }
+        let table = DeviceSlice::new(&self.memory, addr, len as usize)
+            .filter(|t| !t.is_empty())
+            .ok_or(Error::BufferOutOfMemory { addr, len })?;
+        let entries = len / 16;
+        let mut index: u32 = 0;
+        let mut visited: u32 = 0;
+        loop {
+            if index >= entries {
+                return Err(Error::DescriptorIndexOutOfRange { index, size: entries });
+            }
+            visited += 1;
+            if visited > entries {
+                return Err(Error::ChainTooLong { size: entries });
+            }
+            let mut raw = [0u8; 16];
+            // The table is driver memory that the device reads once, into `raw`; unaligned tables are allowed.
+            table.read_at(index as usize * 16, &mut raw);
+            let desc = parse_desc(&raw);
+            if desc.flags & DESC_F_INDIRECT != 0 {
+                return Err(Error::NestedIndirect);
+            }
+            builder.push(&self.memory, DeviceAddr::new(desc.addr), desc.len, desc.flags & DESC_F_WRITE != 0)?;
+            if desc.flags & DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            index = u32::from(desc.next);
+        }
+    }
+
+    fn check_token(&self, token: UsedToken) -> Result<()> {
+        if token.id >= self.size {
+            return Err(Error::InvalidUsedToken { id: token.id, size: self.size });
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn write_used_elem(&self, id: u16, len: u32) {
+        let base = 4 + 8 * usize::from(self.next_used & (self.size - 1));
+        self.used.store_u32(base, u32::from(id), Ordering::Relaxed);
+        self.used.store_u32(base + 4, len, Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn publish_used(&self) {
+        // Release pairs with the driver's acquire load of `used.idx`: the elements written above are visible first.
+        self.used.store_u16(USED_IDX, self.next_used, Ordering::Release);
+    }
+
+    /// Returns a chain to the driver with `len` bytes written into its writable buffers.
+    pub fn add_used(&mut self, token: UsedToken, len: u32) -> Result<()> {
+        self.check_token(token)?;
+        self.write_used_elem(token.id, len);
+        self.next_used = self.next_used.wrapping_add(1);
+        self.publish_used();
+        Ok(())
+    }
+
+    /// Returns several chains, publishing the used index once.
+    pub fn add_used_batch(&mut self, used: &[(UsedToken, u32)]) -> Result<()> {
+        for &(token, _) in used {
+            self.check_token(token)?;
+        }
+        for &(token, len) in used {
+            self.write_used_elem(token.id, len);
+            self.next_used = self.next_used.wrapping_add(1);
+        }
+        self.publish_used();
+        Ok(())
+    }
+
+    /// With VIRTIO_F_IN_ORDER: returns `count` chains, used in the order they were popped, with a single used
+    /// element naming the last one and its `len` (virtio 1.3 §2.7.9).
+    pub fn add_used_in_order(&mut self, batch: &InOrderBatch, len: u32) -> Result<()> {
+        let Some(last) = batch.last() else { return Err(Error::InOrderNotNegotiated) };
+        let count = batch.buffers();
+        if !self.features.in_order || count > self.size {
+            return Err(Error::InOrderNotNegotiated);
+        }
+        self.check_token(last)?;
+        self.write_used_elem(last.id, len);
+        self.next_used = self.next_used.wrapping_add(count);
+        self.publish_used();
+        Ok(())
+    }
+
+    /// Whether the driver wants an interrupt for what was used since the last call (`used_event` with
+    /// VIRTIO_F_EVENT_IDX, else `avail.flags`).
+    pub fn needs_notification(&mut self) -> bool {
+        // Pairs with the driver's full barrier in `enable_callbacks` between writing `used_event`/`avail.flags` and
+        // re-reading `used.idx`: either the driver sees our new used index, or we see its request.
+        fence(Ordering::SeqCst);
+        if self.features.event_idx {
+            let event = self.avail.load_u16(self.avail_used_event_offset(), Ordering::Relaxed);
+            match self.signalled_used.replace(self.next_used) {
+                Some(old) => need_event(event, self.next_used, old),
+                None => true,
+            }
+        } else {
+            self.avail.load_u16(0, Ordering::Relaxed) & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+
+    /// Asks the driver to notify again and re-checks for buffers that raced with the request. Returns `true` if
+    /// buffers are available (keep processing), `false` if the device may sleep until the next notification.
+    pub fn enable_notification(&mut self) -> Result<bool> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        self.notifications = true;
+        if self.features.event_idx {
+            let off = self.used_avail_event_offset();
+            self.used.store_u16(off, self.shadow_avail, Ordering::Relaxed);
+        } else {
+            let flags = self.used.load_u16(0, Ordering::Relaxed);
+            self.used.store_u16(0, flags & !USED_F_NO_NOTIFY, Ordering::Relaxed);
+        }
+        // Pairs with the driver's full barrier in `kick_prepare` between publishing `avail.idx` and reading
+        // `avail_event`/`used.flags`: either it sees our request and kicks, or we see its buffers here.
+        fence(Ordering::SeqCst);
+        Ok(self.refresh_avail()? != 0)
+    }
+
+    /// Asks the driver not to notify (a hint; the driver may still do so).
+    pub fn disable_notification(&mut self) {
+        self.notifications = false;
+        if !self.features.event_idx {
+            let flags = self.used.load_u16(0, Ordering::Relaxed);
+            self.used.store_u16(0, flags | USED_F_NO_NOTIFY, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the queue and returns its configuration (device reset or per-queue reset).
+    pub fn into_parts(self) -> (QueueConfig, M) {
+        (self.config, self.memory)
+    }
+}
+
+/// Per-descriptor bookkeeping of the driver, which the device cannot touch.
+#[derive(Debug)]
+struct DescState<T> {
+    /// Free-list link, or the next descriptor of the chain this one belongs to.
+    next: u16,
+    /// Set on a chain's head while the chain is in flight.
+    token: Option<T>,
+    /// Descriptors the chain occupies in the table (1 for an indirect chain).
+    chain_len: u16,
+    /// Device-writable bytes offered, to check the used length.
+    writable: u32,
+}
+
+/// The driver side of a split virtqueue: makes buffers available, collects them when used.
+#[derive(Debug)]
+pub struct SplitDriverQueue<M, T> {
+    memory: M,
+    config: QueueConfig,
+    features: RingFeatures,
+    size: u16,
+    desc: RingRegion,
+    avail: RingRegion,
+    used: RingRegion,
+    indirect: Option<(IndirectPool, RingRegion)>,
+    states: Vec<DescState<T>>,
+    free_head: u16,
+    free_tail: u16,
+    num_free: u16,
+    in_flight: u16,
+    next_avail: u16,
+    num_added: u16,
+    last_used: u16,
+    shadow_used: u16,
+    callbacks: bool,
+    broken: bool,
+    in_order: InOrderTracker,
+}
+
+impl<M: RingMemory, T> SplitDriverQueue<M, T> {
+    /// Initialises the ring areas named by `config` (zeroing them) and the free list. `indirect` is the driver's
+    /// pool of indirect tables, used for multi-buffer chains when VIRTIO_F_INDIRECT_DESC is negotiated.
+    pub fn new(
+        config: &QueueConfig,
+        features: RingFeatures,
+        memory: M,
+        indirect: Option<IndirectPool>,
+    ) -> Result<Self> {
+        config.validate_size(RingFormat::Split)?;
+        let (desc, avail, used) = map_areas(&memory, config, RingFormat::Split)?;
+        let indirect = match indirect {
+            Some(pool) if features.indirect => Some((pool, pool.map(&memory, config.size)?)),
+            _ => None,
+        };
+        let size = config.size;
+        let mut states = Vec::with_capacity(usize::from(size));
+        states.extend((0..size).map(|i| DescState {
+            next: i.wrapping_add(1) & (size - 1),
+            token: None,
+            chain_len: 0,
+            writable: 0,
+        }));
+        let mut queue = Self {
+            memory,
+            config: *config,
+            features,
+            size,
+            desc,
+            avail,
+            used,
+            indirect,
+            states,
+            free_head: 0,
+            free_tail: size - 1,
+            num_free: size,
+            in_flight: 0,
+            next_avail: 0,
+            num_added: 0,
+            last_used: 0,
+            shadow_used: 0,
+            callbacks: true,
+            broken: false,
+            in_order: InOrderTracker::new(features.in_order, size),
+        };
+        queue.zero_rings();
+        Ok(queue)
+    }
+
+    fn zero_rings(&mut self) {
+        self.desc.zero();
+        self.avail.zero();
+        self.used.zero();
+    }
+
+    /// The configuration to hand the transport (addresses, size).
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Free descriptors.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// Buffers made available and not yet returned.
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// Whether an earlier device fault stopped the queue.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The memory the queue lives in.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    fn fault<R>(&mut self, error: Error) -> Result<R> {
+        self.broken = true;
+        Err(error)
+    }
+
+    /// Makes a chain of device-readable then device-writable buffers available, with `token` returned when the
+    /// device uses it. Uses an indirect table when one is configured and the chain has more than one buffer.
+    pub fn add(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
+        let indirect = match &self.indirect {
+            Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain) => true,
+            _ => false,
+        };
+        let needed = if indirect { 1 } else { u16::try_from(total).unwrap_or(u16::MAX) };
+        if needed > self.num_free {
+            return Err(Error::QueueFull { needed, free: self.num_free });
+        }
+        let head = self.free_head;
+        let buffers = readable.iter().map(|b| (b, 0)).chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
+        let mut index = head;
+        let mut last = head;
+        if indirect {
+            if let Some((pool, table)) = &self.indirect {
+                let base = usize::from(head) * usize::from(pool.entries_per_chain) * DESC_SIZE;
+                for (i, (buffer, write)) in buffers.enumerate() {
+                    let next = u16::try_from(i + 1).unwrap_or(0);
+                    let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
+                    let entry = Desc { addr: buffer.addr.raw(), len: buffer.len, flags, next };
+                    write_desc_at(table, base + i * DESC_SIZE, entry);
+                }
+                let table_addr = pool.table_addr(head);
+                let len = u32::try_from(total * DESC_SIZE).unwrap_or(u32::MAX);
+                write_desc(&self.desc, head, Desc { addr: table_addr.raw(), len, flags: DESC_F_INDIRECT, next: 0 });
+            }
+            index = self.states.get(usize::from(head)).map_or(0, |s| s.next);
+        } else {
+            for (i, (buffer, write)) in buffers.enumerate() {
+                let next = self.states.get(usize::from(index)).map_or(0, |s| s.next);
+                let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
+                write_desc(&self.desc, index, Desc { addr: buffer.addr.raw(), len: buffer.len, flags, next });
+                last = index;
+                index = next;
+            }
+        }
+        let _ = last;
+        self.free_head = index;
+        self.num_free -= needed;
+        if let Some(state) = self.states.get_mut(usize::from(head)) {
+            state.token = Some(token);
+            state.chain_len = needed;
+            state.writable = writable_len;
+        }
+        self.in_order.push(head);
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        self.avail.store_u16(4 + 2 * slot, head, Ordering::Relaxed);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.num_added = self.num_added.wrapping_add(1);
+        self.in_flight += 1;
+        // Release pairs with the device's acquire load of `avail.idx`: descriptors and ring entry come first.
+        self.avail.store_u16(AVAIL_IDX, self.next_avail, Ordering::Release);
+        Ok(head)
+    }
+
+    /// Decides whether the device wants a notification for the buffers added since the last call.
+    pub fn kick_prepare(&mut self) -> bool {
+        // Full barrier between publishing `avail.idx` (in `add`) and reading `avail_event`/`used.flags`; pairs with
+        // the device's barrier in `enable_notification` (Linux `virtqueue_kick_prepare_split`).
+        fence(Ordering::SeqCst);
+        let new = self.next_avail;
+        let old = new.wrapping_sub(self.num_added);
+        self.num_added = 0;
+        if self.features.event_idx {
+            let event = self.used.load_u16(4 + 8 * usize::from(self.size), Ordering::Relaxed);
+            need_event(event, new, old)
+        } else {
+            self.used.load_u16(0, Ordering::Relaxed) & USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// The value to write to the notify register with VIRTIO_F_NOTIFICATION_DATA.
+    pub fn notification_data(&self, queue: u16) -> crate::queue::NotificationData {
+        crate::queue::NotificationData {
+            queue,
+            next_off: self.next_avail & 0x7fff,
+            next_wrap: self.next_avail & 0x8000 != 0,
+        }
+    }
+
+    /// Whether the device has returned buffers not yet collected.
+    pub fn has_used(&self) -> bool {
+        self.last_used != self.used.load_u16(USED_IDX, Ordering::Acquire)
+    }
+
+    /// Collects the next used buffer: its token and the bytes the device wrote. Every field the device wrote is
+    /// checked: the id must name a chain in flight and the length fit what the chain offered.
+    pub fn pop_used(&mut self) -> Result<Option<Used<T>>> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        if self.last_used == self.shadow_used {
+            // Acquire pairs with the device's release store of `used.idx` after writing the elements.
+            let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
+            let new = idx.wrapping_sub(self.last_used);
+            if new > self.in_flight {
+                return self.fault(Error::UsedIndexJump {
+                    used_idx: idx,
+                    last_used: self.last_used,
+                    in_flight: self.in_flight,
+                });
+            }
+            self.shadow_used = idx;
+            if new == 0 {
+                return Ok(None);
+            }
+        }
+        let (head, len) = match self.in_order.next_in_batch() {
+            Some(head) => (head, None),
+            None => {
+                let base = 4 + 8 * usize::from(self.last_used & (self.size - 1));
+                let id = self.used.load_u32(base, Ordering::Relaxed);
+                let len = self.used.load_u32(base + 4, Ordering::Relaxed);
+                let head = match u16::try_from(id) {
+                    Ok(head) if head < self.size => head,
+                    _ => return self.fault(Error::UsedIdOutOfRange { id, size: self.size }),
+                };
+                if self.states.get(usize::from(head)).is_none_or(|s| s.token.is_none()) {
+                    return self.fault(Error::UsedIdNotInFlight { id });
+                }
+                match self.in_order.start(head, len) {
+                    Some(first) => (first, None),
+                    None => (head, Some(len)),
+                }
+            }
+        };
+        let Some(state) = self.states.get_mut(usize::from(head)) else {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(head) });
+        };
+        if state.token.is_none() {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(head) });
+        }
+        let len = match len.or_else(|| self.in_order.finished_len(head)) {
+            Some(len) => len,
+            None => state.writable,
+        };
+        if len > state.writable {
+            let offered = state.writable;
+            return self.fault(Error::UsedLengthTooLarge { len, offered });
+        }
+        let token = state.token.take();
+        let chain_len = state.chain_len;
+        self.in_order.retire(head);
+        self.free_chain(head, chain_len);
+        self.in_flight -= 1;
+        self.last_used = self.last_used.wrapping_add(1);
+        if self.features.event_idx && self.callbacks {
+            // Ask for an interrupt at the next used entry; the barrier orders this store before the next read of
+            // `used.idx` (Linux `virtio_store_mb` in `virtqueue_get_buf_ctx_split`).
+            let off = 4 + 2 * usize::from(self.size);
+            self.avail.store_u16(off, self.last_used, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        Ok(token.map(|token| Used { token, len }))
+    }
+
+    fn free_chain(&mut self, head: u16, chain_len: u16) {
+        let mut tail = head;
+        for _ in 1..chain_len {
+            tail = self.states.get(usize::from(tail)).map_or(tail, |s| s.next);
+        }
+        if self.num_free == 0 {
+            self.free_head = head;
+        } else if self.features.in_order {
+            // Keep descriptors in ring order (virtio 1.3 §2.7.9): append the returned chain at the tail.
+            let old_tail = self.free_tail;
+            if let Some(s) = self.states.get_mut(usize::from(old_tail)) {
+                s.next = head;
+            }
+        } else {
+            let old_head = self.free_head;
+            if let Some(s) = self.states.get_mut(usize::from(tail)) {
+                s.next = old_head;
+            }
+            self.free_head = head;
+            self.num_free += chain_len;
+            return;
+        }
+        self.free_tail = tail;
+        self.num_free += chain_len;
+    }
+
+    /// Requests interrupts again. Returns `false` if used buffers arrived meanwhile (collect them before sleeping),
+    /// `true` if the driver may wait for the interrupt (Linux `virtqueue_enable_cb`).
+    pub fn enable_callbacks(&mut self) -> bool {
+        self.callbacks = true;
+        if self.features.event_idx {
+            let off = 4 + 2 * usize::from(self.size);
+            self.avail.store_u16(off, self.last_used, Ordering::Relaxed);
+        } else {
+            self.avail.store_u16(0, 0, Ordering::Relaxed);
+        }
+        // Pairs with the device's barrier in `needs_notification` between publishing `used.idx` and reading
+        // `used_event`/`avail.flags`.
+        fence(Ordering::SeqCst);
+        !self.has_used()
+    }
+
+    /// Asks the device not to interrupt (a hint).
+    pub fn disable_callbacks(&mut self) {
+        self.callbacks = false;
+        if self.features.event_idx {
+            // Put the event half the index space away, so the device does not cross it soon.
+            let off = 4 + 2 * usize::from(self.size);
+            self.avail.store_u16(off, self.last_used.wrapping_add(0x8000), Ordering::Relaxed);
+        } else {
+            self.avail.store_u16(0, AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes back every buffer still in flight (after the device was reset, or the queue was reset with
+    /// VIRTIO_F_RING_RESET) and re-initialises the ring to its state after `new`.
+    pub fn reset(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.zero_rings();
+        let size = self.size;
+        for (i, state) in (0u16..).zip(self.states.iter_mut()) {
+            state.next = i.wrapping_add(1) & (size - 1);
+            state.chain_len = 0;
+            state.writable = 0;
+        }
+        self.free_head = 0;
+        self.free_tail = size - 1;
+        self.num_free = size;
+        self.in_flight = 0;
+        self.next_avail = 0;
+        self.num_added = 0;
+        self.last_used = 0;
+        self.shadow_used = 0;
+        self.callbacks = true;
+        self.broken = false;
+        self.in_order.clear();
+        self.states.iter_mut().filter_map(|s| s.token.take())
+    }
+}
+
+fn write_desc_at(table: &RingRegion, offset: usize, desc: Desc) {
+    table.store_u64(offset, desc.addr, Ordering::Relaxed);
+    table.store_u32(offset + 8, desc.len, Ordering::Relaxed);
+    table.store_u16(offset + 12, desc.flags, Ordering::Relaxed);
+    table.store_u16(offset + 14, desc.next, Ordering::Relaxed);
+}
