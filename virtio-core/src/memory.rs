@@ -284,6 +284,7 @@ unsafe impl<M: vm_memory::GuestMemoryBackend> RingMemory for VmMemory<M> {
 /// Accesses are atomic so that concurrent changes by the peer are not undefined behaviour; offsets are computed by
 /// the ring code from indices it has already reduced modulo the queue size, and are checked here anyway.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))] // the rings need `alloc`
 pub(crate) struct RingRegion {
     ptr: NonNull<u8>,
     len: usize,
@@ -319,6 +320,7 @@ macro_rules! atomic_accessors {
     };
 }
 
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 impl RingRegion {
     /// Translates `[addr, addr + len)` and checks `align` on both the device and the host address.
     ///
@@ -425,9 +427,11 @@ impl<'m> DeviceSlice<'m> {
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> usize {
         let count = self.len.saturating_sub(offset).min(dst.len());
         if count != 0 {
-            // SAFETY: `offset + count <= len` is inside the translated range; `dst` is a distinct Rust buffer (it
-            // cannot alias peer memory, which no Rust reference points into).
-            unsafe { core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst.as_mut_ptr(), count) }
+            // SAFETY: `offset + count <= len`, so the pointer stays inside the translated range.
+            let src = unsafe { self.ptr.as_ptr().add(offset) };
+            // SAFETY: `src..src + count` is inside the translated range; `dst` is a distinct Rust buffer (it cannot
+            // alias peer memory, which no Rust reference points into).
+            unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), count) }
         }
         count
     }
@@ -436,8 +440,10 @@ impl<'m> DeviceSlice<'m> {
     pub fn write_at(&self, offset: usize, src: &[u8]) -> usize {
         let count = self.len.saturating_sub(offset).min(src.len());
         if count != 0 {
+            // SAFETY: `offset + count <= len`, so the pointer stays inside the translated range.
+            let dst = unsafe { self.ptr.as_ptr().add(offset) };
             // SAFETY: as in `read_at`, with the roles swapped.
-            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), count) }
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, count) }
         }
         count
     }

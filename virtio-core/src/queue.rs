@@ -159,7 +159,8 @@ impl RingLayout {
     /// Total bytes needed by [`place`](Self::place) from a 16-aligned base.
     pub fn total_len(&self) -> usize {
         self.place(DeviceAddr::new(0))
-            .map(|(_, _, dev)| dev.raw() as usize + self.device_area_len)
+            .and_then(|(_, _, dev)| usize::try_from(dev.raw()).ok())
+            .and_then(|dev| dev.checked_add(self.device_area_len))
             .unwrap_or(usize::MAX)
     }
 }
@@ -220,6 +221,7 @@ impl NotificationData {
 /// `vring_need_event` (virtio 1.3 §2.7.10): whether moving an index from `old` to `new` crossed `event`, in u16
 /// wrapping arithmetic.
 #[inline(always)]
+#[cfg(feature = "alloc")]
 pub(crate) fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }

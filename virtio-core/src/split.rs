@@ -534,10 +534,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             return Err(Error::QueueBroken);
         }
         let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
-        let indirect = match &self.indirect {
-            Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain) => true,
-            _ => false,
-        };
+        let indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
         let needed = if indirect { 1 } else { u16::try_from(total).unwrap_or(u16::MAX) };
         if needed > self.num_free {
             return Err(Error::QueueFull { needed, free: self.num_free });

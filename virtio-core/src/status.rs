@@ -139,7 +139,7 @@ impl Negotiation {
             return false;
         }
         // A legacy (pre-1.0) driver cannot use features defined only for VERSION_1 devices.
-        !(!d.contains(Features::VERSION_1) && d.intersects(Features::MODERN_ONLY))
+        d.contains(Features::VERSION_1) || !d.intersects(Features::MODERN_ONLY)
     }
 }
 

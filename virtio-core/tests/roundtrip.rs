@@ -1,6 +1,6 @@
 //! Our driver ↔ our device over shared memory: both ring formats, every combination of INDIRECT_DESC, EVENT_IDX and
 //! IN_ORDER, and property tests over index wrap-around and packed wrap counters.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic, missing_docs)]
 
 use proptest::prelude::*;
 use virtio_core::mock::MockDriver;
