@@ -32,8 +32,10 @@ impl Segment {
 
     /// The segment's bytes in `memory`.
     pub fn slice<'m, M: RingMemory + ?Sized>(&self, memory: &'m M) -> Result<DeviceSlice<'m>> {
-        DeviceSlice::new(memory, self.addr, self.len as usize)
-            .ok_or(Error::BufferOutOfMemory { addr: self.addr, len: self.len })
+        DeviceSlice::new(memory, self.addr, self.len as usize).ok_or(Error::BufferOutOfMemory {
+            addr: self.addr,
+            len: self.len,
+        })
     }
 }
 
@@ -54,7 +56,10 @@ impl Chain {
     /// An empty chain able to hold `capacity` segments without allocating (use the queue size).
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            token: UsedToken { id: 0, descriptors: 0 },
+            token: UsedToken {
+                id: 0,
+                descriptors: 0,
+            },
             segments: Vec::with_capacity(capacity),
             readable: 0,
             readable_len: 0,
@@ -94,12 +99,16 @@ impl Chain {
 
     /// A cursor copying out of the readable segments.
     pub fn reader<'a, M: RingMemory + ?Sized>(&'a self, memory: &'a M) -> ChainReader<'a, M> {
-        ChainReader { cursor: Cursor::new(self.readable(), memory) }
+        ChainReader {
+            cursor: Cursor::new(self.readable(), memory),
+        }
     }
 
     /// A cursor copying into the writable segments.
     pub fn writer<'a, M: RingMemory + ?Sized>(&'a self, memory: &'a M) -> ChainWriter<'a, M> {
-        ChainWriter { cursor: Cursor::new(self.writable(), memory) }
+        ChainWriter {
+            cursor: Cursor::new(self.writable(), memory),
+        }
     }
 
     pub(crate) fn begin(&mut self) -> ChainBuilder<'_> {
@@ -107,7 +116,10 @@ impl Chain {
         self.readable = 0;
         self.readable_len = 0;
         self.writable_len = 0;
-        ChainBuilder { chain: self, descriptors: 0 }
+        ChainBuilder {
+            chain: self,
+            descriptors: 0,
+        }
     }
 }
 
@@ -142,12 +154,18 @@ impl ChainBuilder<'_> {
         }
         let chain = &mut *self.chain;
         if writable {
-            chain.writable_len = chain.writable_len.checked_add(len).ok_or(Error::ChainLengthOverflow)?;
+            chain.writable_len = chain
+                .writable_len
+                .checked_add(len)
+                .ok_or(Error::ChainLengthOverflow)?;
         } else {
             if chain.writable_len != 0 || chain.segments.len() != chain.readable {
                 return Err(Error::ReadableAfterWritable);
             }
-            chain.readable_len = chain.readable_len.checked_add(len).ok_or(Error::ChainLengthOverflow)?;
+            chain.readable_len = chain
+                .readable_len
+                .checked_add(len)
+                .ok_or(Error::ChainLengthOverflow)?;
             chain.readable += 1;
         }
         if chain.readable_len.checked_add(chain.writable_len).is_none() {
@@ -160,7 +178,10 @@ impl ChainBuilder<'_> {
 
     /// Seals the chain with its used token.
     pub(crate) fn finish(self, id: u16, ring_slots: u16) {
-        self.chain.token = UsedToken { id, descriptors: ring_slots };
+        self.chain.token = UsedToken {
+            id,
+            descriptors: ring_slots,
+        };
     }
 }
 
@@ -207,7 +228,13 @@ struct Cursor<'a, M: ?Sized> {
 
 impl<'a, M: RingMemory + ?Sized> Cursor<'a, M> {
     fn new(segments: &'a [Segment], memory: &'a M) -> Self {
-        Self { segments, memory, index: 0, offset: 0, done: 0 }
+        Self {
+            segments,
+            memory,
+            index: 0,
+            offset: 0,
+            done: 0,
+        }
     }
 
     fn remaining(&self) -> usize {
@@ -216,10 +243,16 @@ impl<'a, M: RingMemory + ?Sized> Cursor<'a, M> {
     }
 
     /// Visits up to `len` bytes as slices, advancing the cursor.
-    fn advance(&mut self, mut len: usize, mut visit: impl FnMut(DeviceSlice<'a>, usize)) -> Result<usize> {
+    fn advance(
+        &mut self,
+        mut len: usize,
+        mut visit: impl FnMut(DeviceSlice<'a>, usize),
+    ) -> Result<usize> {
         let mut moved = 0;
         while len != 0 {
-            let Some(segment) = self.segments.get(self.index) else { break };
+            let Some(segment) = self.segments.get(self.index) else {
+                break;
+            };
             let avail = segment.len as usize - self.offset;
             if avail == 0 {
                 self.index += 1;
@@ -228,10 +261,12 @@ impl<'a, M: RingMemory + ?Sized> Cursor<'a, M> {
             }
             let take = avail.min(len);
             let slice = segment.slice(self.memory)?;
-            let part = slice.subslice(self.offset, take).ok_or(Error::BufferOutOfMemory {
-                addr: segment.addr,
-                len: segment.len,
-            })?;
+            let part = slice
+                .subslice(self.offset, take)
+                .ok_or(Error::BufferOutOfMemory {
+                    addr: segment.addr,
+                    len: segment.len,
+                })?;
             visit(part, moved);
             moved += take;
             len -= take;
@@ -270,7 +305,11 @@ impl<'a, M: RingMemory + ?Sized> ChainReader<'a, M> {
     }
 
     /// Visits the next `len` bytes as memory slices without copying (for `writev` and friends).
-    pub fn for_each_slice(&mut self, len: usize, visit: impl FnMut(DeviceSlice<'a>)) -> Result<usize> {
+    pub fn for_each_slice(
+        &mut self,
+        len: usize,
+        visit: impl FnMut(DeviceSlice<'a>),
+    ) -> Result<usize> {
         let mut visit = visit;
         self.cursor.advance(len, |slice, _| visit(slice))
     }
@@ -305,7 +344,11 @@ impl<'a, M: RingMemory + ?Sized> ChainWriter<'a, M> {
     }
 
     /// Visits the next `len` writable bytes as memory slices without copying (for `readv` and friends).
-    pub fn for_each_slice(&mut self, len: usize, visit: impl FnMut(DeviceSlice<'a>)) -> Result<usize> {
+    pub fn for_each_slice(
+        &mut self,
+        len: usize,
+        visit: impl FnMut(DeviceSlice<'a>),
+    ) -> Result<usize> {
         let mut visit = visit;
         self.cursor.advance(len, |slice, _| visit(slice))
     }

@@ -65,7 +65,9 @@ pub enum Error {
 
     // ----- device role: the driver misbehaved -----
     /// `avail.idx` moved more than a queue size past the last processed index (QEMU CVE-2016-5403).
-    #[error("driver moved avail idx to {avail_idx}, more than queue size {size} past {last_avail}")]
+    #[error(
+        "driver moved avail idx to {avail_idx}, more than queue size {size} past {last_avail}"
+    )]
     AvailIndexJump {
         /// Index read from the ring.
         avail_idx: u16,

@@ -70,11 +70,11 @@ pub mod transport;
 pub mod mock;
 
 pub use error::{Error, Result, RingArea};
-pub use memory::{ContiguousMemory, DeviceAddr, DeviceSlice, OffsetMemory, RingMemory};
 #[cfg(feature = "alloc")]
 pub use memory::HeapMemory;
 #[cfg(feature = "vm-memory")]
 pub use memory::VmMemory;
+pub use memory::{ContiguousMemory, DeviceAddr, DeviceSlice, OffsetMemory, RingMemory};
 pub use queue::{NotificationData, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
 pub use spec::{device_type, ring as ring_flags, DeviceStatus, Features};
 pub use status::{select_features, Negotiation, StatusChange};

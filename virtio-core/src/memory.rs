@@ -173,7 +173,9 @@ impl HeapMemory {
         if len == 0 || !base.is_aligned(16) {
             return None;
         }
-        let layout = core::alloc::Layout::from_size_align(len, 4096).ok()?.pad_to_align();
+        let layout = core::alloc::Layout::from_size_align(len, 4096)
+            .ok()?
+            .pad_to_align();
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(layout) })?;
         // SAFETY: the allocation is owned by `Self` and freed only in `Drop`; it is page aligned and `base` is
@@ -232,7 +234,11 @@ impl OffsetMemory {
     /// Every byte of the window must be mapped, valid for reads and writes for the lifetime of the value, and accessed
     /// by Rust code only through raw pointers while rings use it. `host_minus_device` must be a multiple of 16.
     pub unsafe fn new(start: DeviceAddr, size: usize, host_minus_device: usize) -> Self {
-        Self { start, size, host_minus_device }
+        Self {
+            start,
+            size,
+            host_minus_device,
+        }
     }
 
     /// An identity map of `[start, start + size)`.
@@ -241,7 +247,11 @@ impl OffsetMemory {
     ///
     /// As for [`OffsetMemory::new`].
     pub unsafe fn identity(start: DeviceAddr, size: usize) -> Self {
-        Self { start, size, host_minus_device: 0 }
+        Self {
+            start,
+            size,
+            host_minus_device: 0,
+        }
     }
 }
 
@@ -292,7 +302,10 @@ pub(crate) struct RingRegion {
 
 impl fmt::Debug for RingRegion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RingRegion").field("ptr", &self.ptr).field("len", &self.len).finish()
+        f.debug_struct("RingRegion")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -381,19 +394,34 @@ pub struct DeviceSlice<'m> {
 
 impl fmt::Debug for DeviceSlice<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceSlice").field("ptr", &self.ptr).field("len", &self.len).finish()
+        f.debug_struct("DeviceSlice")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
 impl<'m> DeviceSlice<'m> {
     /// Translates `[addr, addr + len)` in `memory`; `None` if any byte is outside it. A zero `len` gives an empty
     /// slice.
-    pub fn new<M: RingMemory + ?Sized>(memory: &'m M, addr: DeviceAddr, len: usize) -> Option<Self> {
+    pub fn new<M: RingMemory + ?Sized>(
+        memory: &'m M,
+        addr: DeviceAddr,
+        len: usize,
+    ) -> Option<Self> {
         if len == 0 {
-            return Some(Self { ptr: NonNull::dangling(), len: 0, _memory: PhantomData });
+            return Some(Self {
+                ptr: NonNull::dangling(),
+                len: 0,
+                _memory: PhantomData,
+            });
         }
         let ptr = memory.translate(addr, len)?;
-        Some(Self { ptr, len, _memory: PhantomData })
+        Some(Self {
+            ptr,
+            len,
+            _memory: PhantomData,
+        })
     }
 
     /// Length in bytes.
@@ -420,7 +448,11 @@ impl<'m> DeviceSlice<'m> {
         }
         // SAFETY: `offset <= len`, inside the translated range (or dangling with offset 0 for an empty slice).
         let ptr = unsafe { self.ptr.add(offset) };
-        Some(Self { ptr, len, _memory: PhantomData })
+        Some(Self {
+            ptr,
+            len,
+            _memory: PhantomData,
+        })
     }
 
     /// Copies `min(self.len() - offset, dst.len())` bytes starting at `offset` into `dst`; returns the count.
@@ -476,7 +508,8 @@ mod tests {
         let mut backing = [0u8; 64];
         let host = backing.as_mut_ptr() as usize;
         // SAFETY: `backing` outlives `mem` and is only accessed through it below.
-        let mem = unsafe { OffsetMemory::new(DeviceAddr::new(0x100), 64, host.wrapping_sub(0x100)) };
+        let mem =
+            unsafe { OffsetMemory::new(DeviceAddr::new(0x100), 64, host.wrapping_sub(0x100)) };
         let ptr = mem.translate(DeviceAddr::new(0x110), 4).expect("inside");
         assert_eq!(ptr.as_ptr() as usize, host + 0x10);
         assert!(mem.translate(DeviceAddr::new(0x13f), 2).is_none());

@@ -70,16 +70,22 @@ impl MockDriver {
 
     /// As [`new`](Self::new), with `slot_len` bytes (a multiple of 16) of data space per chain.
     pub fn with_slot_len(features: Features, size: u16, slot_len: u32) -> Result<Self> {
-        let format = if features.contains(Features::RING_PACKED) { RingFormat::Packed } else { RingFormat::Split };
+        let format = if features.contains(Features::RING_PACKED) {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        };
         let layout = RingLayout::new(format, size);
         let ring_len = (layout.total_len() + 4095) & !4095;
         let pool_len = IndirectPool::len_for(size, MOCK_INDIRECT_ENTRIES);
         let data_len = usize::from(size) * slot_len as usize;
         let base = DeviceAddr::new(MOCK_BASE);
         let memory = Arc::new(
-            HeapMemory::new(base, ring_len + pool_len + data_len).ok_or(Error::InvalidQueueSize { size, max: size })?,
+            HeapMemory::new(base, ring_len + pool_len + data_len)
+                .ok_or(Error::InvalidQueueSize { size, max: size })?,
         );
-        let config = QueueConfig::with_layout(size, &layout, base).ok_or(Error::InvalidQueueSize { size, max: size })?;
+        let config = QueueConfig::with_layout(size, &layout, base)
+            .ok_or(Error::InvalidQueueSize { size, max: size })?;
         let pool = IndirectPool {
             addr: DeviceAddr::new(MOCK_BASE + ring_len as u64),
             entries_per_chain: MOCK_INDIRECT_ENTRIES,
@@ -122,12 +128,18 @@ impl MockDriver {
         if readable.len() > 8 || writable.len() > 8 {
             return Err(Error::ChainTooLarge);
         }
-        let slot = *self.free_slots.last().ok_or(Error::QueueFull { needed: 1, free: 0 })?;
+        let slot = *self
+            .free_slots
+            .last()
+            .ok_or(Error::QueueFull { needed: 1, free: 0 })?;
         let mut cursor = self.data_base.raw() + u64::from(slot) * u64::from(self.slot_len);
         let end = cursor + u64::from(self.slot_len);
         let mut take = |len: u32| -> Result<Buffer> {
             let buffer = Buffer::new(DeviceAddr::new(cursor), len);
-            cursor = cursor.checked_add(u64::from(len)).filter(|c| *c <= end).ok_or(Error::ChainTooLarge)?;
+            cursor = cursor
+                .checked_add(u64::from(len))
+                .filter(|c| *c <= end)
+                .ok_or(Error::ChainTooLarge)?;
             Ok(buffer)
         };
         let mut r = [Buffer::new(DeviceAddr::new(0), 0); 8];
@@ -136,12 +148,19 @@ impl MockDriver {
             self.poke(dst.addr, bytes)?;
         }
         let mut w = [Buffer::new(DeviceAddr::new(0), 0); 8];
-        let mut pending = Pending { writable: [(DeviceAddr::new(0), 0); 8], count: writable.len() };
+        let mut pending = Pending {
+            writable: [(DeviceAddr::new(0), 0); 8],
+            count: writable.len(),
+        };
         for ((dst, len), record) in w.iter_mut().zip(writable).zip(pending.writable.iter_mut()) {
             *dst = take(*len)?;
             *record = (dst.addr, *len);
         }
-        self.queue.add(r.get(..readable.len()).unwrap_or(&[]), w.get(..writable.len()).unwrap_or(&[]), slot)?;
+        self.queue.add(
+            r.get(..readable.len()).unwrap_or(&[]),
+            w.get(..writable.len()).unwrap_or(&[]),
+            slot,
+        )?;
         self.free_slots.pop();
         if let Some(p) = self.pending.get_mut(usize::from(slot)) {
             *p = Some(pending);
@@ -168,8 +187,13 @@ impl MockDriver {
 
     /// Collects the next used buffer with the bytes the device wrote.
     pub fn pop_used(&mut self) -> Result<Option<MockUsed>> {
-        let Some(used) = self.queue.pop_used()? else { return Ok(None) };
-        let pending = self.pending.get_mut(usize::from(used.token)).and_then(Option::take);
+        let Some(used) = self.queue.pop_used()? else {
+            return Ok(None);
+        };
+        let pending = self
+            .pending
+            .get_mut(usize::from(used.token))
+            .and_then(Option::take);
         self.free_slots.push(used.token);
         let mut data = Vec::with_capacity(used.len as usize);
         if let Some(p) = pending {
@@ -180,21 +204,28 @@ impl MockDriver {
                 left -= n;
             }
         }
-        Ok(Some(MockUsed { token: used.token, len: used.len, data }))
+        Ok(Some(MockUsed {
+            token: used.token,
+            len: used.len,
+            data,
+        }))
     }
 
     /// Writes raw bytes at a device address (to plant data, or to corrupt a ring on purpose).
     pub fn poke(&self, addr: DeviceAddr, bytes: &[u8]) -> Result<()> {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        let slice = DeviceSlice::new(&*self.memory, addr, bytes.len()).ok_or(Error::BufferOutOfMemory { addr, len })?;
+        let slice = DeviceSlice::new(&*self.memory, addr, bytes.len())
+            .ok_or(Error::BufferOutOfMemory { addr, len })?;
         slice.write_at(0, bytes);
         Ok(())
     }
 
     /// Reads raw bytes at a device address.
     pub fn peek(&self, addr: DeviceAddr, len: usize) -> Result<Vec<u8>> {
-        let slice = DeviceSlice::new(&*self.memory, addr, len)
-            .ok_or(Error::BufferOutOfMemory { addr, len: u32::try_from(len).unwrap_or(u32::MAX) })?;
+        let slice = DeviceSlice::new(&*self.memory, addr, len).ok_or(Error::BufferOutOfMemory {
+            addr,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        })?;
         let mut out = vec![0; len];
         slice.read_at(0, &mut out);
         Ok(out)
@@ -212,7 +243,10 @@ pub struct MockDevice<M> {
 impl<M: crate::memory::RingMemory> MockDevice<M> {
     /// Activates the device side of the queue described by `config`.
     pub fn new(config: &QueueConfig, features: Features, memory: M) -> Result<Self> {
-        Ok(Self { queue: DeviceQueue::activate(config, features, memory)?, request: Vec::new() })
+        Ok(Self {
+            queue: DeviceQueue::activate(config, features, memory)?,
+            request: Vec::new(),
+        })
     }
 
     /// The underlying device queue.

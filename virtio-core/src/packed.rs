@@ -14,11 +14,13 @@ use core::sync::atomic::{fence, Ordering};
 use crate::chain::{Chain, ChainBuilder, ChainRef};
 use crate::error::{Error, Result};
 use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
-use crate::queue::{need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken};
+use crate::queue::{
+    need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken,
+};
 use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
 use crate::spec::ring::{
-    DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, PACKED_EVENT_FLAG_DESC,
-    PACKED_EVENT_FLAG_DISABLE, PACKED_EVENT_FLAG_ENABLE,
+    DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
+    PACKED_EVENT_FLAG_DESC, PACKED_EVENT_FLAG_DISABLE, PACKED_EVENT_FLAG_ENABLE,
 };
 
 const DESC_SIZE: usize = 16;
@@ -67,7 +69,15 @@ fn advance(pos: &mut u16, wrap: &mut bool, by: u16, size: u16) {
 /// Decides a notification from an event suppression structure (`off_wrap | flags << 16`), for an index that moved
 /// from `new - moved` to `new` under wrap counter `wrap` (Linux `virtqueue_kick_prepare_packed`).
 #[inline(always)]
-fn event_wants(event: u32, event_idx: bool, new: u16, moved: u16, wrap: bool, size: u16, first: bool) -> bool {
+fn event_wants(
+    event: u32,
+    event_idx: bool,
+    new: u16,
+    moved: u16,
+    wrap: bool,
+    size: u16,
+    first: bool,
+) -> bool {
     #[allow(clippy::cast_possible_truncation)] // the two u16 halves of the snapshot
     let (off_wrap, flags) = (event as u16, (event >> 16) as u16);
     match flags {
@@ -115,7 +125,8 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             return Err(Error::QueueNotReady);
         }
         config.validate_size(RingFormat::Packed)?;
-        let (desc, driver_event, device_event) = crate::split::map_areas(&memory, config, RingFormat::Packed)?;
+        let (desc, driver_event, device_event) =
+            crate::split::map_areas(&memory, config, RingFormat::Packed)?;
         Ok(Self {
             memory,
             config: *config,
@@ -194,7 +205,10 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         let result = self.pop_into(&mut scratch);
         self.scratch = scratch;
         match result {
-            Ok(true) => Ok(Some(ChainRef { chain: &self.scratch, memory: &self.memory })),
+            Ok(true) => Ok(Some(ChainRef {
+                chain: &self.scratch,
+                memory: &self.memory,
+            })),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         }
@@ -236,7 +250,10 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             if flags & DESC_F_NEXT == 0 || flags & DESC_F_INDIRECT != 0 {
                 // The buffer id is in the last descriptor of the chain (virtio 1.3 §2.8.6).
                 if id >= self.size {
-                    return Err(Error::BufferIdOutOfRange { id, size: self.size });
+                    return Err(Error::BufferIdOutOfRange {
+                        id,
+                        size: self.size,
+                    });
                 }
                 builder.finish(id, slots);
                 return Ok((pos, wrap));
@@ -244,11 +261,17 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         }
     }
 
-    fn read_indirect(&self, builder: &mut ChainBuilder<'_>, addr: DeviceAddr, len: u32) -> Result<()> {
+    fn read_indirect(
+        &self,
+        builder: &mut ChainBuilder<'_>,
+        addr: DeviceAddr,
+        len: u32,
+    ) -> Result<()> {
         if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_ENTRIES.max(u32::from(self.size)) {
             return Err(Error::IndirectTableLength { len });
         }
-        let table = DeviceSlice::new(&self.memory, addr, len as usize).ok_or(Error::BufferOutOfMemory { addr, len })?;
+        let table = DeviceSlice::new(&self.memory, addr, len as usize)
+            .ok_or(Error::BufferOutOfMemory { addr, len })?;
         // Packed indirect tables are used sequentially; only WRITE is meaningful (virtio 1.3 §2.8.20).
         for index in 0..(len / 16) as usize {
             let mut raw = [0u8; 16];
@@ -259,14 +282,22 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
                 return Err(Error::NestedIndirect);
             }
             let addr = DeviceAddr::new(u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]));
-            builder.push(&self.memory, addr, u32::from_le_bytes([l0, l1, l2, l3]), flags & DESC_F_WRITE != 0)?;
+            builder.push(
+                &self.memory,
+                addr,
+                u32::from_le_bytes([l0, l1, l2, l3]),
+                flags & DESC_F_WRITE != 0,
+            )?;
         }
         Ok(())
     }
 
     fn check_token(&self, token: UsedToken) -> Result<()> {
         if token.id >= self.size || token.descriptors == 0 || token.descriptors > self.size {
-            return Err(Error::InvalidUsedToken { id: token.id, size: self.size });
+            return Err(Error::InvalidUsedToken {
+                id: token.id,
+                size: self.size,
+            });
         }
         Ok(())
     }
@@ -303,7 +334,9 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         for &(token, _) in used {
             self.check_token(token)?;
         }
-        let Some(((first_token, first_len), rest)) = used.split_first() else { return Ok(()) };
+        let Some(((first_token, first_len), rest)) = used.split_first() else {
+            return Ok(());
+        };
         let first_pos = self.next_used;
         let first_flags = self.write_used_elem(first_token.id, *first_len, None);
         self.advance_used(first_token.descriptors);
@@ -312,20 +345,29 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             self.advance_used(token.descriptors);
         }
         // Release publishes the whole batch: the driver reads in ring order and starts at the first element.
-        self.desc.store_u16(usize::from(first_pos) * DESC_SIZE + 14, first_flags, Ordering::Release);
+        self.desc.store_u16(
+            usize::from(first_pos) * DESC_SIZE + 14,
+            first_flags,
+            Ordering::Release,
+        );
         Ok(())
     }
 
     /// With VIRTIO_F_IN_ORDER: returns a batch of chains used in order with a single used descriptor naming the
     /// last (virtio 1.3 §2.8.11).
     pub fn add_used_in_order(&mut self, batch: &InOrderBatch, len: u32) -> Result<()> {
-        let Some(last) = batch.last() else { return Err(Error::InOrderNotNegotiated) };
+        let Some(last) = batch.last() else {
+            return Err(Error::InOrderNotNegotiated);
+        };
         if !self.features.in_order {
             return Err(Error::InOrderNotNegotiated);
         }
         self.check_token(last)?;
         if batch.descriptors() > self.size {
-            return Err(Error::InvalidUsedToken { id: last.id, size: self.size });
+            return Err(Error::InvalidUsedToken {
+                id: last.id,
+                size: self.size,
+            });
         }
         self.write_used_elem(last.id, len, Some(Ordering::Release));
         self.advance_used(batch.descriptors());
@@ -343,7 +385,15 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         if moved == 0 && !first {
             return false;
         }
-        event_wants(event, self.features.event_idx, self.next_used, moved, self.used_wrap, self.size, first)
+        event_wants(
+            event,
+            self.features.event_idx,
+            self.next_used,
+            moved,
+            self.used_wrap,
+            self.size,
+            first,
+        )
     }
 
     /// Asks the driver to notify again, then re-checks for buffers that raced with the request. Returns `true` if a
@@ -360,12 +410,19 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         self.device_event.store_u32(0, value, Ordering::Relaxed);
         // Pairs with the driver's barrier in `kick_prepare` between publishing descriptors and reading this.
         fence(Ordering::SeqCst);
-        Ok(is_available(self.flags_at(self.next_avail, Ordering::Acquire), self.avail_wrap))
+        Ok(is_available(
+            self.flags_at(self.next_avail, Ordering::Acquire),
+            self.avail_wrap,
+        ))
     }
 
     /// Asks the driver not to notify (a hint).
     pub fn disable_notification(&mut self) {
-        self.device_event.store_u32(0, event_value(PACKED_EVENT_FLAG_DISABLE, 0, false), Ordering::Relaxed);
+        self.device_event.store_u32(
+            0,
+            event_value(PACKED_EVENT_FLAG_DISABLE, 0, false),
+            Ordering::Relaxed,
+        );
     }
 
     /// Stops the queue and returns its configuration and memory.
@@ -416,14 +473,20 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         indirect: Option<IndirectPool>,
     ) -> Result<Self> {
         config.validate_size(RingFormat::Packed)?;
-        let (desc, driver_event, device_event) = crate::split::map_areas(&memory, config, RingFormat::Packed)?;
+        let (desc, driver_event, device_event) =
+            crate::split::map_areas(&memory, config, RingFormat::Packed)?;
         let indirect = match indirect {
             Some(pool) if features.indirect => Some((pool, pool.map(&memory, config.size)?)),
             _ => None,
         };
         let size = config.size;
         let mut ids = Vec::with_capacity(usize::from(size));
-        ids.extend((0..size).map(|i| IdState { next_free: i + 1, token: None, descriptors: 0, writable: 0 }));
+        ids.extend((0..size).map(|i| IdState {
+            next_free: i + 1,
+            token: None,
+            descriptors: 0,
+            writable: 0,
+        }));
         let mut queue = Self {
             memory,
             config: *config,
@@ -522,9 +585,16 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         }
         let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
         let use_indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
-        let needed = if use_indirect { 1 } else { u16::try_from(total).unwrap_or(u16::MAX) };
+        let needed = if use_indirect {
+            1
+        } else {
+            u16::try_from(total).unwrap_or(u16::MAX)
+        };
         if needed > self.num_free {
-            return Err(Error::QueueFull { needed, free: self.num_free });
+            return Err(Error::QueueFull {
+                needed,
+                free: self.num_free,
+            });
         }
         let id = self.free_id;
         let Some(state) = self.ids.get_mut(usize::from(id)) else {
@@ -538,7 +608,10 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         let head = self.next_avail;
         let head_wrap = self.avail_wrap;
         let mut head_flags = avail_flags(head_wrap);
-        let buffers = readable.iter().map(|b| (b, 0)).chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
+        let buffers = readable
+            .iter()
+            .map(|b| (b, 0))
+            .chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
         if use_indirect {
             if let Some((pool, table)) = &self.indirect {
                 let base = usize::from(id) * usize::from(pool.entries_per_chain) * DESC_SIZE;
@@ -564,7 +637,11 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
                 } else {
                     // Tail descriptors become visible with the head's release store below.
                     let base = usize::from(pos) * DESC_SIZE;
-                    self.desc.store_u16(base + 14, avail_flags(wrap) | write | next, Ordering::Relaxed);
+                    self.desc.store_u16(
+                        base + 14,
+                        avail_flags(wrap) | write | next,
+                        Ordering::Relaxed,
+                    );
                 }
                 advance(&mut pos, &mut wrap, 1, self.size);
             }
@@ -576,7 +653,11 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         self.in_flight += 1;
         self.in_order.push(id);
         // Release pairs with the device's acquire load of the head flags: the whole chain is visible first.
-        self.desc.store_u16(usize::from(head) * DESC_SIZE + 14, head_flags, Ordering::Release);
+        self.desc.store_u16(
+            usize::from(head) * DESC_SIZE + 14,
+            head_flags,
+            Ordering::Release,
+        );
         Ok(id)
     }
 
@@ -587,19 +668,34 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         fence(Ordering::SeqCst);
         let moved = core::mem::take(&mut self.num_added);
         let event = self.device_event.load_u32(0, Ordering::Relaxed);
-        event_wants(event, self.features.event_idx, self.next_avail, moved, self.avail_wrap, self.size, false)
+        event_wants(
+            event,
+            self.features.event_idx,
+            self.next_avail,
+            moved,
+            self.avail_wrap,
+            self.size,
+            false,
+        )
     }
 
     /// The value to write to the notify register with VIRTIO_F_NOTIFICATION_DATA.
     pub fn notification_data(&self, queue: u16) -> NotificationData {
-        NotificationData { queue, next_off: self.next_avail, next_wrap: self.avail_wrap }
+        NotificationData {
+            queue,
+            next_off: self.next_avail,
+            next_wrap: self.avail_wrap,
+        }
     }
 
     /// Whether the device has returned buffers not yet collected.
     pub fn has_used(&self) -> bool {
         self.in_order.batch_pending()
             || is_used(
-                self.desc.load_u16(usize::from(self.last_used) * DESC_SIZE + 14, Ordering::Acquire),
+                self.desc.load_u16(
+                    usize::from(self.last_used) * DESC_SIZE + 14,
+                    Ordering::Acquire,
+                ),
                 self.used_wrap,
             )
     }
@@ -621,9 +717,16 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
                 let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
                 let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
                 if id >= self.size {
-                    return self.fault(Error::UsedIdOutOfRange { id: u32::from(id), size: self.size });
+                    return self.fault(Error::UsedIdOutOfRange {
+                        id: u32::from(id),
+                        size: self.size,
+                    });
                 }
-                if self.ids.get(usize::from(id)).is_none_or(|s| s.token.is_none()) {
+                if self
+                    .ids
+                    .get(usize::from(id))
+                    .is_none_or(|s| s.token.is_none())
+                {
                     return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
                 }
                 match self.in_order.start(id, len) {
@@ -650,7 +753,12 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         self.in_order.retire(id);
         self.num_free += descriptors;
         self.in_flight -= 1;
-        advance(&mut self.last_used, &mut self.used_wrap, descriptors, self.size);
+        advance(
+            &mut self.last_used,
+            &mut self.used_wrap,
+            descriptors,
+            self.size,
+        );
         if self.features.event_idx && self.callbacks {
             let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
             self.driver_event.store_u32(0, value, Ordering::Relaxed);
@@ -677,7 +785,11 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
     /// Asks the device not to interrupt (a hint).
     pub fn disable_callbacks(&mut self) {
         self.callbacks = false;
-        self.driver_event.store_u32(0, event_value(PACKED_EVENT_FLAG_DISABLE, 0, false), Ordering::Relaxed);
+        self.driver_event.store_u32(
+            0,
+            event_value(PACKED_EVENT_FLAG_DISABLE, 0, false),
+            Ordering::Relaxed,
+        );
     }
 
     /// Takes back every buffer in flight and re-initialises the ring (device or queue reset).

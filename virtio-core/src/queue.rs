@@ -85,7 +85,14 @@ impl QueueConfig {
     /// A ready configuration whose areas follow `layout` placed at `base`.
     pub fn with_layout(max_size: u16, layout: &RingLayout, base: DeviceAddr) -> Option<Self> {
         let (descriptors, driver_area, device_area) = layout.place(base)?;
-        Some(Self { max_size, size: layout.size, ready: true, descriptors, driver_area, device_area })
+        Some(Self {
+            max_size,
+            size: layout.size,
+            ready: true,
+            descriptors,
+            driver_area,
+            device_area,
+        })
     }
 
     /// Back to the reset state, keeping the maximum.
@@ -96,11 +103,16 @@ impl QueueConfig {
     /// Checks the size for `format` (non-zero, ≤ max; split sizes must be powers of two).
     pub fn validate_size(&self, format: RingFormat) -> Result<()> {
         let size = self.size;
-        let ok = size != 0 && size <= self.max_size && (format == RingFormat::Packed || size.is_power_of_two());
+        let ok = size != 0
+            && size <= self.max_size
+            && (format == RingFormat::Packed || size.is_power_of_two());
         if ok {
             Ok(())
         } else {
-            Err(Error::InvalidQueueSize { size, max: self.max_size })
+            Err(Error::InvalidQueueSize {
+                size,
+                max: self.max_size,
+            })
         }
     }
 }
@@ -140,20 +152,29 @@ impl RingLayout {
                 driver_area_len: 6 + 2 * n,
                 device_area_len: 6 + 8 * n,
             },
-            RingFormat::Packed => {
-                Self { format, size, descriptors_len: 16 * n, driver_area_len: 4, device_area_len: 4 }
-            }
+            RingFormat::Packed => Self {
+                format,
+                size,
+                descriptors_len: 16 * n,
+                driver_area_len: 4,
+                device_area_len: 4,
+            },
         }
     }
 
     /// Addresses of the three areas laid out back to back from `base` with their alignments.
     pub fn place(&self, base: DeviceAddr) -> Option<(DeviceAddr, DeviceAddr, DeviceAddr)> {
         let (a_desc, a_drv, a_dev) = Self::alignments(self.format);
-        let align = |addr: u64, a: usize| addr.checked_add(a as u64 - 1).map(|v| v & !(a as u64 - 1));
+        let align =
+            |addr: u64, a: usize| addr.checked_add(a as u64 - 1).map(|v| v & !(a as u64 - 1));
         let desc = align(base.raw(), a_desc)?;
         let drv = align(desc.checked_add(self.descriptors_len as u64)?, a_drv)?;
         let dev = align(drv.checked_add(self.driver_area_len as u64)?, a_dev)?;
-        Some((DeviceAddr::new(desc), DeviceAddr::new(drv), DeviceAddr::new(dev)))
+        Some((
+            DeviceAddr::new(desc),
+            DeviceAddr::new(drv),
+            DeviceAddr::new(dev),
+        ))
     }
 
     /// Total bytes needed by [`place`](Self::place) from a 16-aligned base.
@@ -200,7 +221,9 @@ pub struct NotificationData {
 impl NotificationData {
     /// The 32-bit value written to the notify register.
     pub const fn to_u32(self) -> u32 {
-        (self.queue as u32) | (((self.next_off & 0x7fff) as u32) << 16) | ((self.next_wrap as u32) << 31)
+        (self.queue as u32)
+            | (((self.next_off & 0x7fff) as u32) << 16)
+            | ((self.next_wrap as u32) << 31)
     }
 
     /// Parses the 32-bit value a driver wrote.
@@ -232,7 +255,11 @@ mod tests {
 
     #[test]
     fn notification_data_round_trips() {
-        let n = NotificationData { queue: 3, next_off: 0x7abc, next_wrap: true };
+        let n = NotificationData {
+            queue: 3,
+            next_off: 0x7abc,
+            next_wrap: true,
+        };
         assert_eq!(NotificationData::from_u32(n.to_u32()), n);
         assert_eq!(n.split_avail_idx(), 0xfabc);
     }

@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 
 use crate::chain::{Chain, ChainRef};
-use crate::error::{Error, RingArea, Result};
+use crate::error::{Error, Result, RingArea};
 use crate::memory::{DeviceAddr, RingMemory, RingRegion};
 use crate::packed::{PackedDeviceQueue, PackedDriverQueue};
 use crate::queue::{NotificationData, QueueConfig, RingFeatures, UsedToken};
@@ -59,7 +59,11 @@ impl IndirectPool {
     pub(crate) fn map<M: RingMemory + ?Sized>(&self, memory: &M, size: u16) -> Result<RingRegion> {
         let len = Self::len_for(size, self.entries_per_chain);
         if !self.addr.is_aligned(16) {
-            return Err(Error::MisalignedArea { area: RingArea::Descriptors, addr: self.addr, align: 16 });
+            return Err(Error::MisalignedArea {
+                area: RingArea::Descriptors,
+                addr: self.addr,
+                align: 16,
+            });
         }
         RingRegion::new(memory, self.addr, len, 16).ok_or(Error::AreaOutOfMemory {
             area: RingArea::Descriptors,
@@ -75,7 +79,11 @@ pub(crate) fn check_buffers(readable: &[Buffer], writable: &[Buffer]) -> Result<
     if total == 0 || readable.iter().chain(writable).any(|b| b.len == 0) {
         return Err(Error::EmptyBuffer);
     }
-    let sum = |buffers: &[Buffer]| buffers.iter().try_fold(0u32, |acc, b| acc.checked_add(b.len));
+    let sum = |buffers: &[Buffer]| {
+        buffers
+            .iter()
+            .try_fold(0u32, |acc, b| acc.checked_add(b.len))
+    };
     sum(readable).ok_or(Error::ChainTooLarge)?;
     let writable_len = sum(writable).ok_or(Error::ChainTooLarge)?;
     Ok((total, writable_len))
@@ -92,7 +100,11 @@ pub struct InOrderBatch {
 impl InOrderBatch {
     /// An empty batch.
     pub const fn new() -> Self {
-        Self { last: None, buffers: 0, descriptors: 0 }
+        Self {
+            last: None,
+            buffers: 0,
+            descriptors: 0,
+        }
     }
 
     /// Adds the next chain (in the order they were popped).
@@ -135,7 +147,12 @@ pub(crate) struct InOrderTracker {
 impl InOrderTracker {
     pub(crate) fn new(enabled: bool, size: u16) -> Self {
         let capacity = if enabled { usize::from(size) } else { 0 };
-        Self { fifo: alloc::vec![0; capacity], head: 0, len: 0, batch_end: None }
+        Self {
+            fifo: alloc::vec![0; capacity],
+            head: 0,
+            len: 0,
+            batch_end: None,
+        }
     }
 
     fn enabled(&self) -> bool {
@@ -153,7 +170,9 @@ impl InOrderTracker {
     }
 
     fn front(&self) -> Option<u16> {
-        (self.len != 0).then(|| self.fifo.get(self.head).copied()).flatten()
+        (self.len != 0)
+            .then(|| self.fifo.get(self.head).copied())
+            .flatten()
     }
 
     /// While a batch is being expanded, the next id to retire.
@@ -178,7 +197,9 @@ impl InOrderTracker {
 
     /// The length reported for `id` if it ends the current batch.
     pub(crate) fn finished_len(&self, id: u16) -> Option<u32> {
-        self.batch_end.filter(|(end, _)| *end == id).map(|(_, len)| len)
+        self.batch_end
+            .filter(|(end, _)| *end == id)
+            .map(|(_, len)| len)
     }
 
     pub(crate) fn retire(&mut self, id: u16) {
@@ -318,7 +339,12 @@ pub enum DriverQueue<M, T> {
 
 impl<M: RingMemory, T> DriverQueue<M, T> {
     /// Initialises a queue whose areas are at the addresses in `config` (zeroing them).
-    pub fn new(config: &QueueConfig, features: Features, memory: M, indirect: Option<IndirectPool>) -> Result<Self> {
+    pub fn new(
+        config: &QueueConfig,
+        features: Features,
+        memory: M,
+        indirect: Option<IndirectPool>,
+    ) -> Result<Self> {
         let ring = RingFeatures::from_features(features);
         if ring.packed {
             PackedDriverQueue::new(config, ring, memory, indirect).map(Self::Packed)

@@ -47,7 +47,8 @@ bitflags! {
 
 impl Features {
     /// The bits that concern the transport and the rings (24..=41 in virtio 1.3), as opposed to device-specific bits.
-    pub const TRANSPORT_MASK: Features = Features::from_bits_retain(((1 << 42) - 1) & !((1 << 24) - 1));
+    pub const TRANSPORT_MASK: Features =
+        Features::from_bits_retain(((1 << 42) - 1) & !((1 << 24) - 1));
 
     /// Bits that only a device offering VERSION_1 may offer and only a non-legacy driver may accept.
     pub const MODERN_ONLY: Features = Features::from_bits_retain(
@@ -157,41 +158,101 @@ mod tests {
     #[test]
     fn spec_constants_match_virtio_bindings() {
         let bit = |b: u32| 1u64 << b;
-        assert_eq!(Features::NOTIFY_ON_EMPTY.bits(), bit(cfg::VIRTIO_F_NOTIFY_ON_EMPTY));
+        assert_eq!(
+            Features::NOTIFY_ON_EMPTY.bits(),
+            bit(cfg::VIRTIO_F_NOTIFY_ON_EMPTY)
+        );
         assert_eq!(Features::ANY_LAYOUT.bits(), bit(cfg::VIRTIO_F_ANY_LAYOUT));
-        assert_eq!(Features::INDIRECT_DESC.bits(), bit(vr::VIRTIO_RING_F_INDIRECT_DESC));
+        assert_eq!(
+            Features::INDIRECT_DESC.bits(),
+            bit(vr::VIRTIO_RING_F_INDIRECT_DESC)
+        );
         assert_eq!(Features::EVENT_IDX.bits(), bit(vr::VIRTIO_RING_F_EVENT_IDX));
         assert_eq!(Features::VERSION_1.bits(), bit(cfg::VIRTIO_F_VERSION_1));
-        assert_eq!(Features::ACCESS_PLATFORM.bits(), bit(cfg::VIRTIO_F_ACCESS_PLATFORM));
+        assert_eq!(
+            Features::ACCESS_PLATFORM.bits(),
+            bit(cfg::VIRTIO_F_ACCESS_PLATFORM)
+        );
         assert_eq!(Features::RING_PACKED.bits(), bit(cfg::VIRTIO_F_RING_PACKED));
         assert_eq!(Features::IN_ORDER.bits(), bit(cfg::VIRTIO_F_IN_ORDER));
-        assert_eq!(Features::ORDER_PLATFORM.bits(), bit(cfg::VIRTIO_F_ORDER_PLATFORM));
+        assert_eq!(
+            Features::ORDER_PLATFORM.bits(),
+            bit(cfg::VIRTIO_F_ORDER_PLATFORM)
+        );
         assert_eq!(Features::SR_IOV.bits(), bit(cfg::VIRTIO_F_SR_IOV));
-        assert_eq!(Features::NOTIFICATION_DATA.bits(), bit(cfg::VIRTIO_F_NOTIFICATION_DATA));
-        assert_eq!(Features::NOTIF_CONFIG_DATA.bits(), bit(cfg::VIRTIO_F_NOTIF_CONFIG_DATA));
+        assert_eq!(
+            Features::NOTIFICATION_DATA.bits(),
+            bit(cfg::VIRTIO_F_NOTIFICATION_DATA)
+        );
+        assert_eq!(
+            Features::NOTIF_CONFIG_DATA.bits(),
+            bit(cfg::VIRTIO_F_NOTIF_CONFIG_DATA)
+        );
         assert_eq!(Features::RING_RESET.bits(), bit(cfg::VIRTIO_F_RING_RESET));
         assert_eq!(Features::ADMIN_VQ.bits(), bit(cfg::VIRTIO_F_ADMIN_VQ));
 
-        assert_eq!(u32::from(DeviceStatus::ACKNOWLEDGE.bits()), cfg::VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        assert_eq!(u32::from(DeviceStatus::DRIVER.bits()), cfg::VIRTIO_CONFIG_S_DRIVER);
-        assert_eq!(u32::from(DeviceStatus::DRIVER_OK.bits()), cfg::VIRTIO_CONFIG_S_DRIVER_OK);
-        assert_eq!(u32::from(DeviceStatus::FEATURES_OK.bits()), cfg::VIRTIO_CONFIG_S_FEATURES_OK);
-        assert_eq!(u32::from(DeviceStatus::DEVICE_NEEDS_RESET.bits()), cfg::VIRTIO_CONFIG_S_NEEDS_RESET);
-        assert_eq!(u32::from(DeviceStatus::FAILED.bits()), cfg::VIRTIO_CONFIG_S_FAILED);
+        assert_eq!(
+            u32::from(DeviceStatus::ACKNOWLEDGE.bits()),
+            cfg::VIRTIO_CONFIG_S_ACKNOWLEDGE
+        );
+        assert_eq!(
+            u32::from(DeviceStatus::DRIVER.bits()),
+            cfg::VIRTIO_CONFIG_S_DRIVER
+        );
+        assert_eq!(
+            u32::from(DeviceStatus::DRIVER_OK.bits()),
+            cfg::VIRTIO_CONFIG_S_DRIVER_OK
+        );
+        assert_eq!(
+            u32::from(DeviceStatus::FEATURES_OK.bits()),
+            cfg::VIRTIO_CONFIG_S_FEATURES_OK
+        );
+        assert_eq!(
+            u32::from(DeviceStatus::DEVICE_NEEDS_RESET.bits()),
+            cfg::VIRTIO_CONFIG_S_NEEDS_RESET
+        );
+        assert_eq!(
+            u32::from(DeviceStatus::FAILED.bits()),
+            cfg::VIRTIO_CONFIG_S_FAILED
+        );
 
         assert_eq!(u32::from(ring::DESC_F_NEXT), vr::VRING_DESC_F_NEXT);
         assert_eq!(u32::from(ring::DESC_F_WRITE), vr::VRING_DESC_F_WRITE);
         assert_eq!(u32::from(ring::DESC_F_INDIRECT), vr::VRING_DESC_F_INDIRECT);
-        assert_eq!(ring::PACKED_DESC_F_AVAIL, 1 << vr::VRING_PACKED_DESC_F_AVAIL);
+        assert_eq!(
+            ring::PACKED_DESC_F_AVAIL,
+            1 << vr::VRING_PACKED_DESC_F_AVAIL
+        );
         assert_eq!(ring::PACKED_DESC_F_USED, 1 << vr::VRING_PACKED_DESC_F_USED);
-        assert_eq!(u32::from(ring::USED_F_NO_NOTIFY), vr::VRING_USED_F_NO_NOTIFY);
-        assert_eq!(u32::from(ring::AVAIL_F_NO_INTERRUPT), vr::VRING_AVAIL_F_NO_INTERRUPT);
-        assert_eq!(u32::from(ring::PACKED_EVENT_FLAG_ENABLE), vr::VRING_PACKED_EVENT_FLAG_ENABLE);
-        assert_eq!(u32::from(ring::PACKED_EVENT_FLAG_DISABLE), vr::VRING_PACKED_EVENT_FLAG_DISABLE);
-        assert_eq!(u32::from(ring::PACKED_EVENT_FLAG_DESC), vr::VRING_PACKED_EVENT_FLAG_DESC);
-        assert_eq!(u32::from(ring::PACKED_EVENT_F_WRAP_CTR), vr::VRING_PACKED_EVENT_F_WRAP_CTR);
+        assert_eq!(
+            u32::from(ring::USED_F_NO_NOTIFY),
+            vr::VRING_USED_F_NO_NOTIFY
+        );
+        assert_eq!(
+            u32::from(ring::AVAIL_F_NO_INTERRUPT),
+            vr::VRING_AVAIL_F_NO_INTERRUPT
+        );
+        assert_eq!(
+            u32::from(ring::PACKED_EVENT_FLAG_ENABLE),
+            vr::VRING_PACKED_EVENT_FLAG_ENABLE
+        );
+        assert_eq!(
+            u32::from(ring::PACKED_EVENT_FLAG_DISABLE),
+            vr::VRING_PACKED_EVENT_FLAG_DISABLE
+        );
+        assert_eq!(
+            u32::from(ring::PACKED_EVENT_FLAG_DESC),
+            vr::VRING_PACKED_EVENT_FLAG_DESC
+        );
+        assert_eq!(
+            u32::from(ring::PACKED_EVENT_F_WRAP_CTR),
+            vr::VRING_PACKED_EVENT_F_WRAP_CTR
+        );
         assert_eq!(device_type::NET, virtio_bindings::virtio_ids::VIRTIO_ID_NET);
-        assert_eq!(device_type::BLOCK, virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK);
+        assert_eq!(
+            device_type::BLOCK,
+            virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
+        );
     }
 
     #[test]
@@ -200,7 +261,9 @@ mod tests {
         assert_eq!(f.window(0), 0x9abc_def0);
         assert_eq!(f.window(1), 0x1234_5678);
         assert_eq!(f.window(2), 0);
-        let g = Features::empty().with_window(1, 0x1234_5678).with_window(0, 0x9abc_def0);
+        let g = Features::empty()
+            .with_window(1, 0x1234_5678)
+            .with_window(0, 0x9abc_def0);
         assert_eq!(f, g);
     }
 }

@@ -10,11 +10,13 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 
 use crate::chain::{Chain, ChainRef};
-use crate::error::{Error, RingArea, Result};
+use crate::error::{Error, Result, RingArea};
 use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{need_event, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
 use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
-use crate::spec::ring::{AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY};
+use crate::spec::ring::{
+    AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY,
+};
 
 const DESC_SIZE: usize = 16;
 const AVAIL_IDX: usize = 2;
@@ -33,14 +35,33 @@ pub(crate) fn map_areas<M: RingMemory + ?Sized>(
     let map = |area, addr: DeviceAddr, len, align: usize| {
         if !addr.is_aligned(align as u64) {
             #[allow(clippy::cast_possible_truncation)] // alignments are 2, 4 or 16
-            return Err(Error::MisalignedArea { area, addr, align: align as u16 });
+            return Err(Error::MisalignedArea {
+                area,
+                addr,
+                align: align as u16,
+            });
         }
         RingRegion::new(memory, addr, len, align).ok_or(Error::AreaOutOfMemory { area, addr, len })
     };
     Ok((
-        map(RingArea::Descriptors, config.descriptors, layout.descriptors_len, a_desc)?,
-        map(RingArea::DriverArea, config.driver_area, layout.driver_area_len, a_drv)?,
-        map(RingArea::DeviceArea, config.device_area, layout.device_area_len, a_dev)?,
+        map(
+            RingArea::Descriptors,
+            config.descriptors,
+            layout.descriptors_len,
+            a_desc,
+        )?,
+        map(
+            RingArea::DriverArea,
+            config.driver_area,
+            layout.driver_area_len,
+            a_drv,
+        )?,
+        map(
+            RingArea::DeviceArea,
+            config.device_area,
+            layout.device_area_len,
+            a_dev,
+        )?,
     ))
 }
 
@@ -221,7 +242,10 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         let result = self.pop_into(&mut scratch);
         self.scratch = scratch;
         match result {
-            Ok(true) => Ok(Some(ChainRef { chain: &self.scratch, memory: &self.memory })),
+            Ok(true) => Ok(Some(ChainRef {
+                chain: &self.scratch,
+                memory: &self.memory,
+            })),
             Ok(false) => Ok(None),
             Err(e) => Err(e),
         }
@@ -233,7 +257,10 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         let mut index = head;
         loop {
             if index >= self.size {
-                return Err(Error::DescriptorIndexOutOfRange { index: u32::from(index), size });
+                return Err(Error::DescriptorIndexOutOfRange {
+                    index: u32::from(index),
+                    size,
+                });
             }
             builder.count(size)?;
             let desc = read_desc(&self.desc, index);
@@ -247,7 +274,12 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
                 self.read_indirect(&mut builder, DeviceAddr::new(desc.addr), desc.len)?;
                 break;
             }
-            builder.push(&self.memory, DeviceAddr::new(desc.addr), desc.len, desc.flags & DESC_F_WRITE != 0)?;
+            builder.push(
+                &self.memory,
+                DeviceAddr::new(desc.addr),
+                desc.len,
+                desc.flags & DESC_F_WRITE != 0,
+            )?;
             if desc.flags & DESC_F_NEXT == 0 {
                 break;
             }
@@ -257,7 +289,12 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         Ok(())
     }
 
-    fn read_indirect(&self, builder: &mut crate::chain::ChainBuilder<'_>, addr: DeviceAddr, len: u32) -> Result<()> {
+    fn read_indirect(
+        &self,
+        builder: &mut crate::chain::ChainBuilder<'_>,
+        addr: DeviceAddr,
+        len: u32,
+    ) -> Result<()> {
         if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT_ENTRIES.max(u32::from(self.size)) {
             return Err(Error::IndirectTableLength { len });
         }
@@ -269,7 +306,10 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         let mut visited: u32 = 0;
         loop {
             if index >= entries {
-                return Err(Error::DescriptorIndexOutOfRange { index, size: entries });
+                return Err(Error::DescriptorIndexOutOfRange {
+                    index,
+                    size: entries,
+                });
             }
             visited += 1;
             if visited > entries {
@@ -282,7 +322,12 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
             if desc.flags & DESC_F_INDIRECT != 0 {
                 return Err(Error::NestedIndirect);
             }
-            builder.push(&self.memory, DeviceAddr::new(desc.addr), desc.len, desc.flags & DESC_F_WRITE != 0)?;
+            builder.push(
+                &self.memory,
+                DeviceAddr::new(desc.addr),
+                desc.len,
+                desc.flags & DESC_F_WRITE != 0,
+            )?;
             if desc.flags & DESC_F_NEXT == 0 {
                 return Ok(());
             }
@@ -292,7 +337,10 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
 
     fn check_token(&self, token: UsedToken) -> Result<()> {
         if token.id >= self.size {
-            return Err(Error::InvalidUsedToken { id: token.id, size: self.size });
+            return Err(Error::InvalidUsedToken {
+                id: token.id,
+                size: self.size,
+            });
         }
         Ok(())
     }
@@ -307,7 +355,8 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
     #[inline(always)]
     fn publish_used(&self) {
         // Release pairs with the driver's acquire load of `used.idx`: the elements written above are visible first.
-        self.used.store_u16(USED_IDX, self.next_used, Ordering::Release);
+        self.used
+            .store_u16(USED_IDX, self.next_used, Ordering::Release);
     }
 
     /// Returns a chain to the driver with `len` bytes written into its writable buffers.
@@ -335,7 +384,9 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
     /// With VIRTIO_F_IN_ORDER: returns `count` chains, used in the order they were popped, with a single used
     /// element naming the last one and its `len` (virtio 1.3 §2.7.9).
     pub fn add_used_in_order(&mut self, batch: &InOrderBatch, len: u32) -> Result<()> {
-        let Some(last) = batch.last() else { return Err(Error::InOrderNotNegotiated) };
+        let Some(last) = batch.last() else {
+            return Err(Error::InOrderNotNegotiated);
+        };
         let count = batch.buffers();
         if !self.features.in_order || count > self.size {
             return Err(Error::InOrderNotNegotiated);
@@ -354,7 +405,9 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         // re-reading `used.idx`: either the driver sees our new used index, or we see its request.
         fence(Ordering::SeqCst);
         if self.features.event_idx {
-            let event = self.avail.load_u16(self.avail_used_event_offset(), Ordering::Relaxed);
+            let event = self
+                .avail
+                .load_u16(self.avail_used_event_offset(), Ordering::Relaxed);
             match self.signalled_used.replace(self.next_used) {
                 Some(old) => need_event(event, self.next_used, old),
                 None => true,
@@ -373,10 +426,12 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         self.notifications = true;
         if self.features.event_idx {
             let off = self.used_avail_event_offset();
-            self.used.store_u16(off, self.shadow_avail, Ordering::Relaxed);
+            self.used
+                .store_u16(off, self.shadow_avail, Ordering::Relaxed);
         } else {
             let flags = self.used.load_u16(0, Ordering::Relaxed);
-            self.used.store_u16(0, flags & !USED_F_NO_NOTIFY, Ordering::Relaxed);
+            self.used
+                .store_u16(0, flags & !USED_F_NO_NOTIFY, Ordering::Relaxed);
         }
         // Pairs with the driver's full barrier in `kick_prepare` between publishing `avail.idx` and reading
         // `avail_event`/`used.flags`: either it sees our request and kicks, or we see its buffers here.
@@ -389,7 +444,8 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         self.notifications = false;
         if !self.features.event_idx {
             let flags = self.used.load_u16(0, Ordering::Relaxed);
-            self.used.store_u16(0, flags | USED_F_NO_NOTIFY, Ordering::Relaxed);
+            self.used
+                .store_u16(0, flags | USED_F_NO_NOTIFY, Ordering::Relaxed);
         }
     }
 
@@ -535,12 +591,22 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         }
         let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
         let indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
-        let needed = if indirect { 1 } else { u16::try_from(total).unwrap_or(u16::MAX) };
+        let needed = if indirect {
+            1
+        } else {
+            u16::try_from(total).unwrap_or(u16::MAX)
+        };
         if needed > self.num_free {
-            return Err(Error::QueueFull { needed, free: self.num_free });
+            return Err(Error::QueueFull {
+                needed,
+                free: self.num_free,
+            });
         }
         let head = self.free_head;
-        let buffers = readable.iter().map(|b| (b, 0)).chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
+        let buffers = readable
+            .iter()
+            .map(|b| (b, 0))
+            .chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
         let mut index = head;
         let mut last = head;
         if indirect {
@@ -549,19 +615,42 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
                 for (i, (buffer, write)) in buffers.enumerate() {
                     let next = u16::try_from(i + 1).unwrap_or(0);
                     let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
-                    let entry = Desc { addr: buffer.addr.raw(), len: buffer.len, flags, next };
+                    let entry = Desc {
+                        addr: buffer.addr.raw(),
+                        len: buffer.len,
+                        flags,
+                        next,
+                    };
                     write_desc_at(table, base + i * DESC_SIZE, entry);
                 }
                 let table_addr = pool.table_addr(head);
                 let len = u32::try_from(total * DESC_SIZE).unwrap_or(u32::MAX);
-                write_desc(&self.desc, head, Desc { addr: table_addr.raw(), len, flags: DESC_F_INDIRECT, next: 0 });
+                write_desc(
+                    &self.desc,
+                    head,
+                    Desc {
+                        addr: table_addr.raw(),
+                        len,
+                        flags: DESC_F_INDIRECT,
+                        next: 0,
+                    },
+                );
             }
             index = self.states.get(usize::from(head)).map_or(0, |s| s.next);
         } else {
             for (i, (buffer, write)) in buffers.enumerate() {
                 let next = self.states.get(usize::from(index)).map_or(0, |s| s.next);
                 let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
-                write_desc(&self.desc, index, Desc { addr: buffer.addr.raw(), len: buffer.len, flags, next });
+                write_desc(
+                    &self.desc,
+                    index,
+                    Desc {
+                        addr: buffer.addr.raw(),
+                        len: buffer.len,
+                        flags,
+                        next,
+                    },
+                );
                 last = index;
                 index = next;
             }
@@ -581,7 +670,8 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         self.num_added = self.num_added.wrapping_add(1);
         self.in_flight += 1;
         // Release pairs with the device's acquire load of `avail.idx`: descriptors and ring entry come first.
-        self.avail.store_u16(AVAIL_IDX, self.next_avail, Ordering::Release);
+        self.avail
+            .store_u16(AVAIL_IDX, self.next_avail, Ordering::Release);
         Ok(head)
     }
 
@@ -594,7 +684,9 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         let old = new.wrapping_sub(self.num_added);
         self.num_added = 0;
         if self.features.event_idx {
-            let event = self.used.load_u16(4 + 8 * usize::from(self.size), Ordering::Relaxed);
+            let event = self
+                .used
+                .load_u16(4 + 8 * usize::from(self.size), Ordering::Relaxed);
             need_event(event, new, old)
         } else {
             self.used.load_u16(0, Ordering::Relaxed) & USED_F_NO_NOTIFY == 0
@@ -645,9 +737,18 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
                 let len = self.used.load_u32(base + 4, Ordering::Relaxed);
                 let head = match u16::try_from(id) {
                     Ok(head) if head < self.size => head,
-                    _ => return self.fault(Error::UsedIdOutOfRange { id, size: self.size }),
+                    _ => {
+                        return self.fault(Error::UsedIdOutOfRange {
+                            id,
+                            size: self.size,
+                        })
+                    }
                 };
-                if self.states.get(usize::from(head)).is_none_or(|s| s.token.is_none()) {
+                if self
+                    .states
+                    .get(usize::from(head))
+                    .is_none_or(|s| s.token.is_none())
+                {
                     return self.fault(Error::UsedIdNotInFlight { id });
                 }
                 match self.in_order.start(head, len) {
@@ -657,10 +758,14 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             }
         };
         let Some(state) = self.states.get_mut(usize::from(head)) else {
-            return self.fault(Error::UsedIdNotInFlight { id: u32::from(head) });
+            return self.fault(Error::UsedIdNotInFlight {
+                id: u32::from(head),
+            });
         };
         if state.token.is_none() {
-            return self.fault(Error::UsedIdNotInFlight { id: u32::from(head) });
+            return self.fault(Error::UsedIdNotInFlight {
+                id: u32::from(head),
+            });
         }
         let len = match len.or_else(|| self.in_order.finished_len(head)) {
             Some(len) => len,
@@ -734,9 +839,11 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         if self.features.event_idx {
             // Put the event half the index space away, so the device does not cross it soon.
             let off = 4 + 2 * usize::from(self.size);
-            self.avail.store_u16(off, self.last_used.wrapping_add(0x8000), Ordering::Relaxed);
+            self.avail
+                .store_u16(off, self.last_used.wrapping_add(0x8000), Ordering::Relaxed);
         } else {
-            self.avail.store_u16(0, AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
+            self.avail
+                .store_u16(0, AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
         }
     }
 

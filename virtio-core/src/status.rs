@@ -35,7 +35,11 @@ pub struct Negotiation {
 impl Negotiation {
     /// A fresh device offering `offered`.
     pub fn new(offered: Features) -> Self {
-        Self { offered, driver: Features::empty(), status: DeviceStatus::empty() }
+        Self {
+            offered,
+            driver: Features::empty(),
+            status: DeviceStatus::empty(),
+        }
     }
 
     /// What the device offers.
@@ -91,9 +95,14 @@ impl Negotiation {
         }
         let old = self.status;
         let needs_reset = old & DeviceStatus::DEVICE_NEEDS_RESET;
-        let invalid = || Error::InvalidStatusTransition { from: old.bits(), to: value };
+        let invalid = || Error::InvalidStatusTransition {
+            from: old.bits(),
+            to: value,
+        };
         // The driver cannot clear bits (other than by reset) and never writes DEVICE_NEEDS_RESET itself.
-        if !new.contains(old - DeviceStatus::DEVICE_NEEDS_RESET) || new.bits() & !DeviceStatus::all().bits() != 0 {
+        if !new.contains(old - DeviceStatus::DEVICE_NEEDS_RESET)
+            || new.bits() & !DeviceStatus::all().bits() != 0
+        {
             return Err(invalid());
         }
         let added = new - old - DeviceStatus::DEVICE_NEEDS_RESET;
@@ -101,7 +110,8 @@ impl Negotiation {
             self.status = new | needs_reset;
             return Ok(StatusChange::Failed);
         }
-        let requires = |bit: DeviceStatus, before: DeviceStatus| !added.contains(bit) || new.contains(before);
+        let requires =
+            |bit: DeviceStatus, before: DeviceStatus| !added.contains(bit) || new.contains(before);
         let legacy = !self.driver.contains(Features::VERSION_1);
         let ordered = requires(DeviceStatus::DRIVER, DeviceStatus::ACKNOWLEDGE)
             && requires(DeviceStatus::FEATURES_OK, DeviceStatus::DRIVER)
@@ -113,7 +123,8 @@ impl Negotiation {
         if added.contains(DeviceStatus::FEATURES_OK) {
             if !self.features_acceptable() {
                 // The bit is not set: the driver's re-read tells it the features were refused (§3.1.1 step 6).
-                self.status = (new - DeviceStatus::FEATURES_OK - DeviceStatus::DRIVER_OK) | needs_reset;
+                self.status =
+                    (new - DeviceStatus::FEATURES_OK - DeviceStatus::DRIVER_OK) | needs_reset;
                 return Ok(StatusChange::FeaturesRejected);
             }
             self.status = new | needs_reset;
@@ -145,10 +156,16 @@ impl Negotiation {
 
 /// Chooses the features a driver accepts: what it supports ∩ what the device offers. Fails if a `required` bit is
 /// missing.
-pub fn select_features(offered: Features, supported: Features, required: Features) -> Result<Features> {
+pub fn select_features(
+    offered: Features,
+    supported: Features,
+    required: Features,
+) -> Result<Features> {
     let missing = required - offered;
     if !missing.is_empty() {
-        return Err(Error::MissingFeatures { missing: missing.bits() });
+        return Err(Error::MissingFeatures {
+            missing: missing.bits(),
+        });
     }
     Ok(offered & supported)
 }
@@ -173,9 +190,16 @@ mod tests {
         assert_eq!(n.write_status(DRV), Ok(StatusChange::None));
         n.write_driver_features(1, (Features::VERSION_1 | Features::RING_PACKED).window(1));
         let want = Features::VERSION_1 | Features::RING_PACKED;
-        assert_eq!(n.write_status(FOK), Ok(StatusChange::FeaturesAccepted(want)));
+        assert_eq!(
+            n.write_status(FOK),
+            Ok(StatusChange::FeaturesAccepted(want))
+        );
         n.write_driver_features(0, 0xffff_ffff);
-        assert_eq!(n.driver_features(), want, "features are frozen after FEATURES_OK");
+        assert_eq!(
+            n.driver_features(),
+            want,
+            "features are frozen after FEATURES_OK"
+        );
         assert_eq!(n.write_status(DOK), Ok(StatusChange::DriverOk(want)));
         assert!(n.is_live());
         assert_eq!(n.write_status(0), Ok(StatusChange::Reset));
@@ -187,11 +211,20 @@ mod tests {
         let mut n2 = Negotiation::new(offered());
         n2.write_status(ACK).expect("ack");
         n2.write_status(DRV).expect("driver");
-        n2.write_driver_features(1, Features::VERSION_1.window(1) | Features::RING_RESET.window(1));
+        n2.write_driver_features(
+            1,
+            Features::VERSION_1.window(1) | Features::RING_RESET.window(1),
+        );
         assert_eq!(n2.write_status(FOK), Ok(StatusChange::FeaturesRejected));
         assert!(!n2.status().contains(DeviceStatus::FEATURES_OK));
-        assert_ne!(n2.write_status(DOK), Ok(StatusChange::DriverOk(n2.driver_features())));
-        assert!(!n2.status().contains(DeviceStatus::DRIVER_OK), "a refused feature set never goes live");
+        assert_ne!(
+            n2.write_status(DOK),
+            Ok(StatusChange::DriverOk(n2.driver_features()))
+        );
+        assert!(
+            !n2.status().contains(DeviceStatus::DRIVER_OK),
+            "a refused feature set never goes live"
+        );
     }
 
     #[test]
@@ -199,7 +232,10 @@ mod tests {
         let mut n = Negotiation::new(offered());
         n.write_status(ACK).expect("ack");
         n.write_status(DRV).expect("driver");
-        assert!(matches!(n.write_status(ACK), Err(Error::InvalidStatusTransition { .. })));
+        assert!(matches!(
+            n.write_status(ACK),
+            Err(Error::InvalidStatusTransition { .. })
+        ));
         assert_eq!(n.status().bits(), DRV);
     }
 
@@ -208,7 +244,9 @@ mod tests {
         let mut n = Negotiation::new(offered());
         assert!(n.write_status(DeviceStatus::DRIVER.bits()).is_err());
         n.write_status(ACK).expect("ack");
-        assert!(n.write_status(ACK | DeviceStatus::FEATURES_OK.bits()).is_err());
+        assert!(n
+            .write_status(ACK | DeviceStatus::FEATURES_OK.bits())
+            .is_err());
     }
 
     #[test]
@@ -218,19 +256,34 @@ mod tests {
         n.write_status(DRV).expect("driver");
         n.write_driver_features(0, Features::EVENT_IDX.window(0));
         let ok = DRV | DeviceStatus::DRIVER_OK.bits();
-        assert_eq!(n.write_status(ok), Ok(StatusChange::DriverOk(Features::EVENT_IDX)));
+        assert_eq!(
+            n.write_status(ok),
+            Ok(StatusChange::DriverOk(Features::EVENT_IDX))
+        );
     }
 
     #[test]
     fn negotiation_failed_is_accepted_any_time() {
         let mut n = Negotiation::new(offered());
         n.write_status(ACK).expect("ack");
-        assert_eq!(n.write_status(ACK | DeviceStatus::FAILED.bits()), Ok(StatusChange::Failed));
+        assert_eq!(
+            n.write_status(ACK | DeviceStatus::FAILED.bits()),
+            Ok(StatusChange::Failed)
+        );
     }
 
     #[test]
     fn select_features_reports_missing_required_bits() {
-        let r = select_features(Features::VERSION_1, Features::all(), Features::VERSION_1 | Features::RING_PACKED);
-        assert_eq!(r, Err(Error::MissingFeatures { missing: Features::RING_PACKED.bits() }));
+        let r = select_features(
+            Features::VERSION_1,
+            Features::all(),
+            Features::VERSION_1 | Features::RING_PACKED,
+        );
+        assert_eq!(
+            r,
+            Err(Error::MissingFeatures {
+                missing: Features::RING_PACKED.bits()
+            })
+        );
     }
 }

@@ -71,7 +71,8 @@ pub trait Transport {
         };
         self.write_driver_features(features);
         if features.contains(Features::VERSION_1) {
-            let status = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK;
+            let status =
+                DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK;
             self.write_status(status);
             if !self.status().contains(DeviceStatus::FEATURES_OK) {
                 let status = self.status();

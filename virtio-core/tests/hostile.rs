@@ -1,6 +1,12 @@
 //! One test per validation rule: the device side against a hostile driver (DESIGN.md §5), and the driver side against
 //! a hostile device. Each gives a typed error, never a panic, and the queue refuses work until reset.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::sync::Arc;
 
@@ -9,7 +15,8 @@ use virtio_core::ring_flags::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
 };
 use virtio_core::{
-    DeviceAddr, DeviceQueue, DeviceSlice, Error, Features, HeapMemory, QueueConfig, RingArea, RingFormat, RingLayout,
+    DeviceAddr, DeviceQueue, DeviceSlice, Error, Features, HeapMemory, QueueConfig, RingArea,
+    RingFormat, RingLayout,
 };
 
 const BASE: u64 = 0x10000;
@@ -29,11 +36,17 @@ impl RawSplit {
         let memory = Arc::new(HeapMemory::new(DeviceAddr::new(BASE), MEM).unwrap());
         let layout = RingLayout::new(RingFormat::Split, SIZE);
         let config = QueueConfig::with_layout(SIZE, &layout, DeviceAddr::new(BASE)).unwrap();
-        Self { memory, config, avail_idx: 0 }
+        Self {
+            memory,
+            config,
+            avail_idx: 0,
+        }
     }
 
     fn poke(&self, addr: u64, bytes: &[u8]) {
-        DeviceSlice::new(&*self.memory, DeviceAddr::new(addr), bytes.len()).unwrap().write_at(0, bytes);
+        DeviceSlice::new(&*self.memory, DeviceAddr::new(addr), bytes.len())
+            .unwrap()
+            .write_at(0, bytes);
     }
 
     fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
@@ -57,7 +70,10 @@ impl RawSplit {
 
     fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % SIZE);
-        self.poke(self.config.driver_area.raw() + 4 + 2 * slot, &head.to_le_bytes());
+        self.poke(
+            self.config.driver_area.raw() + 4 + 2 * slot,
+            &head.to_le_bytes(),
+        );
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.set_avail_idx(self.avail_idx);
     }
@@ -67,7 +83,12 @@ impl RawSplit {
     }
 
     fn device(&self, features: Features) -> DeviceQueue<Arc<HeapMemory>> {
-        DeviceQueue::activate(&self.config, features | Features::VERSION_1, self.memory.clone()).unwrap()
+        DeviceQueue::activate(
+            &self.config,
+            features | Features::VERSION_1,
+            self.memory.clone(),
+        )
+        .unwrap()
     }
 }
 
@@ -78,7 +99,11 @@ fn expect_fault(device: &mut DeviceQueue<Arc<HeapMemory>>, want: Error) {
     assert_eq!(got, want);
     assert!(got.is_peer_fault());
     assert!(device.is_broken());
-    assert_eq!(device.pop_into(&mut chain).unwrap_err(), Error::QueueBroken, "refuses work until reset");
+    assert_eq!(
+        device.pop_into(&mut chain).unwrap_err(),
+        Error::QueueBroken,
+        "refuses work until reset"
+    );
 }
 
 fn split_fault(features: Features, build: impl FnOnce(&mut RawSplit), want: Error) {
@@ -120,7 +145,12 @@ fn activate_split_size_not_power_of_two_refused() {
         Err(Error::InvalidQueueSize { size: 6, .. })
     ));
     // The same size is fine for a packed ring.
-    assert!(DeviceQueue::activate(&config, Features::VERSION_1 | Features::RING_PACKED, raw.memory.clone()).is_ok());
+    assert!(DeviceQueue::activate(
+        &config,
+        Features::VERSION_1 | Features::RING_PACKED,
+        raw.memory.clone()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -156,7 +186,11 @@ fn activate_misaligned_areas_refused() {
         let mut features = Features::VERSION_1;
         features.set(Features::RING_PACKED, packed);
         let err = DeviceQueue::activate(&config, features, raw.memory.clone()).unwrap_err();
-        assert_eq!(err, Error::MisalignedArea { area, addr, align }, "packed={packed}");
+        assert_eq!(
+            err,
+            Error::MisalignedArea { area, addr, align },
+            "packed={packed}"
+        );
     }
 }
 
@@ -168,7 +202,10 @@ fn activate_area_outside_memory_refused() {
         config.device_area = DeviceAddr::new(addr & !3);
         assert!(matches!(
             DeviceQueue::activate(&config, Features::VERSION_1, raw.memory.clone()),
-            Err(Error::AreaOutOfMemory { area: RingArea::DeviceArea, .. })
+            Err(Error::AreaOutOfMemory {
+                area: RingArea::DeviceArea,
+                ..
+            })
         ));
     }
 }
@@ -180,12 +217,23 @@ fn pop_avail_idx_jump_refused() {
     let raw = RawSplit::new();
     raw.set_avail_idx(SIZE + 1);
     let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::AvailIndexJump { avail_idx: SIZE + 1, last_avail: 0, size: SIZE });
+    expect_fault(
+        &mut device,
+        Error::AvailIndexJump {
+            avail_idx: SIZE + 1,
+            last_avail: 0,
+            size: SIZE,
+        },
+    );
 }
 
 #[test]
 fn pop_head_out_of_range_refused() {
-    split_fault(Features::empty(), |r| r.publish(SIZE), Error::DescriptorIndexOutOfRange { index: 8, size: 8 });
+    split_fault(
+        Features::empty(),
+        |r| r.publish(SIZE),
+        Error::DescriptorIndexOutOfRange { index: 8, size: 8 },
+    );
 }
 
 #[test]
@@ -196,7 +244,10 @@ fn pop_next_out_of_range_refused() {
             r.desc(0, DATA, 16, DESC_F_NEXT, 200);
             r.publish(0);
         },
-        Error::DescriptorIndexOutOfRange { index: 200, size: 8 },
+        Error::DescriptorIndexOutOfRange {
+            index: 200,
+            size: 8,
+        },
     );
 }
 
@@ -298,7 +349,11 @@ fn pop_total_length_overflow_refused() {
     let memory = Arc::new(HeapMemory::new(DeviceAddr::new(0), 0x8000_0000 + 0x10000).unwrap());
     let layout = RingLayout::new(RingFormat::Split, SIZE);
     let config = QueueConfig::with_layout(SIZE, &layout, DeviceAddr::new(0)).unwrap();
-    let raw = RawSplit { memory: memory.clone(), config, avail_idx: 0 };
+    let raw = RawSplit {
+        memory: memory.clone(),
+        config,
+        avail_idx: 0,
+    };
     let mut raw = raw;
     for i in 0..3u16 {
         raw.desc(i, 0x10000, 0x7fff_0000, DESC_F_NEXT, i + 1);
@@ -353,10 +408,17 @@ fn pop_well_formed_chain_after_refusal_needs_reset() {
     let mut raw = RawSplit::new();
     raw.publish(SIZE);
     let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::DescriptorIndexOutOfRange { index: 8, size: 8 });
+    expect_fault(
+        &mut device,
+        Error::DescriptorIndexOutOfRange { index: 8, size: 8 },
+    );
     // Reset: the queue goes back to its configuration and can be activated again.
     let (config, memory) = device.into_parts();
-    let mut raw = RawSplit { memory, config, avail_idx: 0 };
+    let mut raw = RawSplit {
+        memory,
+        config,
+        avail_idx: 0,
+    };
     raw.desc(0, DATA, 16, 0, 0);
     raw.publish(0);
     let mut device = raw.device(Features::empty());
@@ -371,7 +433,8 @@ fn add_used_token_out_of_range_refused() {
     for _ in 0..10 {
         big.add(&[b"x"], &[]).unwrap();
     }
-    let mut big_device = DeviceQueue::activate(&big.queue_config(), Features::VERSION_1, big.memory()).unwrap();
+    let mut big_device =
+        DeviceQueue::activate(&big.queue_config(), Features::VERSION_1, big.memory()).unwrap();
     let mut last = None;
     while let Some(chain) = big_device.pop().unwrap() {
         last = Some(chain.token());
@@ -379,9 +442,22 @@ fn add_used_token_out_of_range_refused() {
     let token = last.unwrap();
     assert!(token.id() >= SIZE);
     for features in [Features::empty(), Features::RING_PACKED] {
-        let mut device = if features.is_empty() { RawSplit::new().device(features) } else { RawPacked::new().device(features) };
-        assert_eq!(device.add_used(token, 0).unwrap_err(), Error::InvalidUsedToken { id: token.id(), size: SIZE });
-        assert!(!device.is_broken(), "a caller error does not break the queue");
+        let mut device = if features.is_empty() {
+            RawSplit::new().device(features)
+        } else {
+            RawPacked::new().device(features)
+        };
+        assert_eq!(
+            device.add_used(token, 0).unwrap_err(),
+            Error::InvalidUsedToken {
+                id: token.id(),
+                size: SIZE
+            }
+        );
+        assert!(
+            !device.is_broken(),
+            "a caller error does not break the queue"
+        );
     }
 }
 
@@ -425,7 +501,9 @@ impl RawPacked {
         raw[12..14].copy_from_slice(&id.to_le_bytes());
         raw[14..].copy_from_slice(&flags.to_le_bytes());
         let at = self.config.descriptors.raw() + 16 * u64::from(pos);
-        DeviceSlice::new(&*self.memory, DeviceAddr::new(at), 16).unwrap().write_at(0, &raw);
+        DeviceSlice::new(&*self.memory, DeviceAddr::new(at), 16)
+            .unwrap()
+            .write_at(0, &raw);
     }
 
     fn device(&self, features: Features) -> DeviceQueue<Arc<HeapMemory>> {
@@ -455,7 +533,10 @@ fn packed_pop_tail_not_available_refused() {
     raw.desc(1, DATA + 16, 16, 0, 0);
     raw.desc(0, DATA, 16, 0, AVAIL | DESC_F_NEXT);
     let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::PackedDescriptorNotAvailable { index: 1 });
+    expect_fault(
+        &mut device,
+        Error::PackedDescriptorNotAvailable { index: 1 },
+    );
 }
 
 #[test]
@@ -463,7 +544,13 @@ fn packed_pop_buffer_id_out_of_range_refused() {
     let raw = RawPacked::new();
     raw.desc(0, DATA, 16, SIZE, AVAIL);
     let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::BufferIdOutOfRange { id: SIZE, size: SIZE });
+    expect_fault(
+        &mut device,
+        Error::BufferIdOutOfRange {
+            id: SIZE,
+            size: SIZE,
+        },
+    );
 }
 
 #[test]
@@ -476,7 +563,13 @@ fn packed_pop_chain_longer_than_ring_refused() {
     // After a full lap the wrap counter flips, so the first slot is no longer "available" for the chain's tail.
     let mut chain = device.new_chain();
     let err = device.pop_into(&mut chain).unwrap_err();
-    assert!(matches!(err, Error::ChainTooLong { .. } | Error::PackedDescriptorNotAvailable { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ChainTooLong { .. } | Error::PackedDescriptorNotAvailable { .. }
+        ),
+        "{err:?}"
+    );
     assert!(device.is_broken());
 }
 
@@ -504,7 +597,9 @@ fn packed_pop_nested_indirect_refused() {
     entry[..8].copy_from_slice(&(DATA + 0x200).to_le_bytes());
     entry[8..12].copy_from_slice(&32u32.to_le_bytes());
     entry[14..].copy_from_slice(&DESC_F_INDIRECT.to_le_bytes());
-    DeviceSlice::new(&*raw.memory, DeviceAddr::new(DATA + 0x100), 16).unwrap().write_at(0, &entry);
+    DeviceSlice::new(&*raw.memory, DeviceAddr::new(DATA + 0x100), 16)
+        .unwrap()
+        .write_at(0, &entry);
     raw.desc(0, DATA + 0x100, 16, 0, AVAIL | DESC_F_INDIRECT);
     let mut device = raw.device(Features::INDIRECT_DESC);
     expect_fault(&mut device, Error::NestedIndirect);
@@ -537,8 +632,13 @@ fn packed_used_skips_the_chain_descriptors() {
     // The used elements sit at slots 0 and 3.
     let mut flags = [0u8; 2];
     let at = |pos: u64| DeviceAddr::new(raw.config.descriptors.raw() + 16 * pos + 14);
-    DeviceSlice::new(&*raw.memory, at(3), 2).unwrap().read_at(0, &mut flags);
-    assert_eq!(u16::from_le_bytes(flags) & (AVAIL | PACKED_DESC_F_USED), AVAIL | PACKED_DESC_F_USED);
+    DeviceSlice::new(&*raw.memory, at(3), 2)
+        .unwrap()
+        .read_at(0, &mut flags);
+    assert_eq!(
+        u16::from_le_bytes(flags) & (AVAIL | PACKED_DESC_F_USED),
+        AVAIL | PACKED_DESC_F_USED
+    );
 }
 
 // ----- driver side against a hostile device -----
@@ -549,15 +649,31 @@ fn split_used(driver: &MockDriver, idx: u16, slot: u16, id: u32, len: u32) {
     let mut elem = [0u8; 8];
     elem[..4].copy_from_slice(&id.to_le_bytes());
     elem[4..].copy_from_slice(&len.to_le_bytes());
-    driver.poke(DeviceAddr::new(used + 4 + 8 * u64::from(slot % size)), &elem).unwrap();
-    driver.poke(DeviceAddr::new(used + 2), &idx.to_le_bytes()).unwrap();
+    driver
+        .poke(
+            DeviceAddr::new(used + 4 + 8 * u64::from(slot % size)),
+            &elem,
+        )
+        .unwrap();
+    driver
+        .poke(DeviceAddr::new(used + 2), &idx.to_le_bytes())
+        .unwrap();
 }
 
 fn packed_used(driver: &MockDriver, pos: u16, id: u16, len: u32) {
     let desc = driver.queue_config().descriptors.raw() + 16 * u64::from(pos);
-    driver.poke(DeviceAddr::new(desc + 8), &len.to_le_bytes()).unwrap();
-    driver.poke(DeviceAddr::new(desc + 12), &id.to_le_bytes()).unwrap();
-    driver.poke(DeviceAddr::new(desc + 14), &(AVAIL | PACKED_DESC_F_USED).to_le_bytes()).unwrap();
+    driver
+        .poke(DeviceAddr::new(desc + 8), &len.to_le_bytes())
+        .unwrap();
+    driver
+        .poke(DeviceAddr::new(desc + 12), &id.to_le_bytes())
+        .unwrap();
+    driver
+        .poke(
+            DeviceAddr::new(desc + 14),
+            &(AVAIL | PACKED_DESC_F_USED).to_le_bytes(),
+        )
+        .unwrap();
 }
 
 fn driver_fault(driver: &mut MockDriver, want: Error) {
@@ -591,21 +707,39 @@ fn driver_used_id_out_of_range_refused() {
 fn driver_used_id_not_in_flight_refused() {
     let (mut driver, head) = driver_with_one(Features::empty());
     split_used(&driver, 1, 0, u32::from(head) + 3, 0);
-    driver_fault(&mut driver, Error::UsedIdNotInFlight { id: u32::from(head) + 3 });
+    driver_fault(
+        &mut driver,
+        Error::UsedIdNotInFlight {
+            id: u32::from(head) + 3,
+        },
+    );
 }
 
 #[test]
 fn driver_used_length_above_offered_refused() {
     let (mut driver, head) = driver_with_one(Features::empty());
     split_used(&driver, 1, 0, u32::from(head), 17);
-    driver_fault(&mut driver, Error::UsedLengthTooLarge { len: 17, offered: 16 });
+    driver_fault(
+        &mut driver,
+        Error::UsedLengthTooLarge {
+            len: 17,
+            offered: 16,
+        },
+    );
 }
 
 #[test]
 fn driver_used_idx_jump_refused() {
     let (mut driver, head) = driver_with_one(Features::empty());
     split_used(&driver, 2, 0, u32::from(head), 0);
-    driver_fault(&mut driver, Error::UsedIndexJump { used_idx: 2, last_used: 0, in_flight: 1 });
+    driver_fault(
+        &mut driver,
+        Error::UsedIndexJump {
+            used_idx: 2,
+            last_used: 0,
+            in_flight: 1,
+        },
+    );
 }
 
 #[test]
@@ -624,28 +758,50 @@ fn driver_used_twice_refused() {
 fn driver_packed_used_id_out_of_range_refused() {
     let (mut driver, _) = driver_with_one(Features::RING_PACKED);
     packed_used(&driver, 0, SIZE, 0);
-    driver_fault(&mut driver, Error::UsedIdOutOfRange { id: u32::from(SIZE), size: SIZE });
+    driver_fault(
+        &mut driver,
+        Error::UsedIdOutOfRange {
+            id: u32::from(SIZE),
+            size: SIZE,
+        },
+    );
 }
 
 #[test]
 fn driver_packed_used_id_not_in_flight_refused() {
     let (mut driver, id) = driver_with_one(Features::RING_PACKED);
     packed_used(&driver, 0, id + 1, 0);
-    driver_fault(&mut driver, Error::UsedIdNotInFlight { id: u32::from(id) + 1 });
+    driver_fault(
+        &mut driver,
+        Error::UsedIdNotInFlight {
+            id: u32::from(id) + 1,
+        },
+    );
 }
 
 #[test]
 fn driver_packed_used_length_above_offered_refused() {
     let (mut driver, id) = driver_with_one(Features::RING_PACKED);
     packed_used(&driver, 0, id, 1000);
-    driver_fault(&mut driver, Error::UsedLengthTooLarge { len: 1000, offered: 16 });
+    driver_fault(
+        &mut driver,
+        Error::UsedLengthTooLarge {
+            len: 1000,
+            offered: 16,
+        },
+    );
 }
 
 #[test]
 fn driver_reset_reclaims_buffers_in_flight() {
-    for features in [Features::VERSION_1, Features::VERSION_1 | Features::RING_PACKED] {
+    for features in [
+        Features::VERSION_1,
+        Features::VERSION_1 | Features::RING_PACKED,
+    ] {
         let mut driver = MockDriver::with_slot_len(features, SIZE, 256).unwrap();
-        let tokens: Vec<u16> = (0..4).map(|_| driver.add(&[b"abc"], &[4]).unwrap()).collect();
+        let tokens: Vec<u16> = (0..4)
+            .map(|_| driver.add(&[b"abc"], &[4]).unwrap())
+            .collect();
         let mut reclaimed = driver.reset();
         reclaimed.sort_unstable();
         let mut want = tokens.clone();

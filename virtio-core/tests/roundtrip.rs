@@ -1,6 +1,12 @@
 //! Our driver ↔ our device over shared memory: both ring formats, every combination of INDIRECT_DESC, EVENT_IDX and
 //! IN_ORDER, and property tests over index wrap-around and packed wrap counters.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::panic,
+    missing_docs
+)]
 
 use proptest::prelude::*;
 use virtio_core::mock::MockDriver;
@@ -16,7 +22,9 @@ fn features(packed: bool, indirect: bool, event_idx: bool, in_order: bool) -> Fe
 }
 
 fn pattern(seq: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i * 7) as u8).collect()
+    (0..len)
+        .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i * 7) as u8)
+        .collect()
 }
 
 /// The device's answer: a checksum of the request followed by the request reversed, filling the writable space.
@@ -31,7 +39,11 @@ fn answer(request: &[u8], capacity: usize) -> Vec<u8> {
 /// Shapes of chains: readable segment sizes, writable segment sizes; small queues get chains that fit.
 fn shape(seq: u64, size: u16) -> (Vec<usize>, Vec<u32>) {
     if size == 1 {
-        return if seq % 2 == 0 { (vec![], vec![64]) } else { (vec![40], vec![]) };
+        return if seq % 2 == 0 {
+            (vec![], vec![64])
+        } else {
+            (vec![40], vec![])
+        };
     }
     if size < 8 {
         return (vec![1 + (seq % 100) as usize], vec![120]);
@@ -48,7 +60,8 @@ fn shape(seq: u64, size: u16) -> (Vec<usize>, Vec<u32>) {
 /// Moves `count` chains through a queue of `size`, keeping it as full as possible, and checks every byte.
 fn exchange(features: Features, size: u16, count: u64) {
     let mut driver = MockDriver::with_slot_len(features, size, 1024).unwrap();
-    let mut device = DeviceQueue::activate(&driver.queue_config(), features, driver.memory()).unwrap();
+    let mut device =
+        DeviceQueue::activate(&driver.queue_config(), features, driver.memory()).unwrap();
     let in_order = features.contains(Features::IN_ORDER);
     let mut chain = device.new_chain();
     let memory = driver.memory();
@@ -60,7 +73,11 @@ fn exchange(features: Features, size: u16, count: u64) {
         let mut added = 0;
         while sent < count {
             let (r, w) = shape(seq_out, size);
-            let payloads: Vec<Vec<u8>> = r.iter().enumerate().map(|(i, len)| pattern(seq_out + i as u64, *len)).collect();
+            let payloads: Vec<Vec<u8>> = r
+                .iter()
+                .enumerate()
+                .map(|(i, len)| pattern(seq_out + i as u64, *len))
+                .collect();
             let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
             match driver.add(&refs, &w) {
                 Ok(token) => {
@@ -84,7 +101,10 @@ fn exchange(features: Features, size: u16, count: u64) {
         let mut served = 0;
         while device.pop_into(&mut chain).unwrap() {
             let mut request = vec![0; chain.readable_len() as usize];
-            assert_eq!(chain.reader(&*memory).read(&mut request).unwrap(), request.len());
+            assert_eq!(
+                chain.reader(&*memory).read(&mut request).unwrap(),
+                request.len()
+            );
             let response = answer(&request, chain.writable_len() as usize);
             let mut writer = chain.writer(&*memory);
             writer.write(&response).unwrap();
@@ -113,7 +133,10 @@ fn exchange(features: Features, size: u16, count: u64) {
             received += 1;
         }
         assert!(!device.is_broken() && !driver.queue().is_broken());
-        assert!(added > 0 || served > 0 || received > before, "no progress at {received}/{count}");
+        assert!(
+            added > 0 || served > 0 || received > before,
+            "no progress at {received}/{count}"
+        );
     }
     assert!(expected.is_empty());
     assert_eq!(driver.queue().in_flight(), 0);
@@ -179,4 +202,3 @@ proptest! {
         exchange(features(false, false, event_idx, in_order), size, count.min(70_000));
     }
 }
-

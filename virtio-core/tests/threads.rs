@@ -1,15 +1,21 @@
 //! Driver and device on two threads, moving checksummed buffers with notification suppression on: each side sleeps
 //! only after the race-free re-check (`enable_callbacks` / `enable_notification`) and is woken only when the ring
 //! says so (`kick_prepare` / `needs_notification`). A lost notification shows as a timeout, not a hang.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::cast_possible_truncation, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::panic,
+    missing_docs
+)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_core::{
-    Buffer, DeviceAddr, DeviceQueue, DeviceSlice, DriverQueue, Features, HeapMemory, QueueConfig, RingFormat,
-    RingLayout,
+    Buffer, DeviceAddr, DeviceQueue, DeviceSlice, DriverQueue, Features, HeapMemory, QueueConfig,
+    RingFormat, RingLayout,
 };
 
 const PAYLOAD: u64 = 64;
@@ -28,7 +34,9 @@ fn fill(seq: u64, out: &mut [u8; PAYLOAD as usize]) {
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Spins (yielding) until `counter` moves past `seen`.
@@ -46,15 +54,27 @@ struct Stats {
 }
 
 fn run(features: Features, size: u16, total: u64, batch: u64) -> Stats {
-    let format = if features.contains(Features::RING_PACKED) { RingFormat::Packed } else { RingFormat::Split };
+    let format = if features.contains(Features::RING_PACKED) {
+        RingFormat::Packed
+    } else {
+        RingFormat::Split
+    };
     let layout = RingLayout::new(format, size);
     let ring_len = (layout.total_len() as u64 + 4095) & !4095;
     let base = 0x4000_0000u64;
     let data = base + ring_len;
     let slot_len = PAYLOAD + REPLY;
-    let memory = Arc::new(HeapMemory::new(DeviceAddr::new(base), (ring_len + slot_len * u64::from(size)) as usize).unwrap());
-    let config: QueueConfig = QueueConfig::with_layout(size, &layout, DeviceAddr::new(base)).unwrap();
-    let mut driver: DriverQueue<_, (u16, u64)> = DriverQueue::new(&config, features, memory.clone(), None).unwrap();
+    let memory = Arc::new(
+        HeapMemory::new(
+            DeviceAddr::new(base),
+            (ring_len + slot_len * u64::from(size)) as usize,
+        )
+        .unwrap(),
+    );
+    let config: QueueConfig =
+        QueueConfig::with_layout(size, &layout, DeviceAddr::new(base)).unwrap();
+    let mut driver: DriverQueue<_, (u16, u64)> =
+        DriverQueue::new(&config, features, memory.clone(), None).unwrap();
     let mut device = DeviceQueue::activate(&config, features, memory.clone()).unwrap();
     let kicks = Arc::new(AtomicU64::new(0));
     let interrupts = Arc::new(AtomicU64::new(0));
@@ -70,11 +90,17 @@ fn run(features: Features, size: u16, total: u64, batch: u64) -> Stats {
                 let seen = kicks.load(Ordering::Acquire);
                 let mut since_signal = 0;
                 while device.pop_into(&mut chain).unwrap() {
-                    assert_eq!(chain.reader(&*memory).read(&mut payload).unwrap(), PAYLOAD as usize);
+                    assert_eq!(
+                        chain.reader(&*memory).read(&mut payload).unwrap(),
+                        PAYLOAD as usize
+                    );
                     let seq = u64::from_le_bytes(payload[..8].try_into().unwrap());
                     let mut expect = [0u8; PAYLOAD as usize];
                     fill(seq, &mut expect);
-                    assert_eq!(payload, expect, "device saw a corrupted payload for seq {seq}");
+                    assert_eq!(
+                        payload, expect,
+                        "device saw a corrupted payload for seq {seq}"
+                    );
                     let mut writer = chain.writer(&*memory);
                     writer.write(&checksum(&payload).to_le_bytes()).unwrap();
                     device.add_used(chain.token(), writer.written()).unwrap();
@@ -115,7 +141,9 @@ fn run(features: Features, size: u16, total: u64, batch: u64) -> Stats {
             let Some(slot) = free.pop() else { break };
             let addr = data + u64::from(slot) * slot_len;
             fill(next_seq, &mut payload);
-            DeviceSlice::new(&*memory, DeviceAddr::new(addr), PAYLOAD as usize).unwrap().write_at(0, &payload);
+            DeviceSlice::new(&*memory, DeviceAddr::new(addr), PAYLOAD as usize)
+                .unwrap()
+                .write_at(0, &payload);
             let readable = [Buffer::new(DeviceAddr::new(addr), PAYLOAD as u32)];
             let writable = [Buffer::new(DeviceAddr::new(addr + PAYLOAD), REPLY as u32)];
             driver.add(&readable, &writable, (slot, next_seq)).unwrap();
@@ -130,9 +158,15 @@ fn run(features: Features, size: u16, total: u64, batch: u64) -> Stats {
             let (slot, seq) = used.token;
             assert_eq!(used.len, REPLY as u32);
             let addr = data + u64::from(slot) * slot_len + PAYLOAD;
-            DeviceSlice::new(&*memory, DeviceAddr::new(addr), REPLY as usize).unwrap().read_at(0, &mut reply);
+            DeviceSlice::new(&*memory, DeviceAddr::new(addr), REPLY as usize)
+                .unwrap()
+                .read_at(0, &mut reply);
             fill(seq, &mut payload);
-            assert_eq!(u64::from_le_bytes(reply), checksum(&payload), "reply checksum for seq {seq}");
+            assert_eq!(
+                u64::from_le_bytes(reply),
+                checksum(&payload),
+                "reply checksum for seq {seq}"
+            );
             free.push(slot);
             received += 1;
             got += 1;
@@ -148,13 +182,19 @@ fn run(features: Features, size: u16, total: u64, batch: u64) -> Stats {
     }
     assert_eq!(device_thread.join().unwrap(), total);
     assert_eq!(driver.in_flight(), 0);
-    Stats { kicks: kicks.load(Ordering::Relaxed), interrupts: interrupts.load(Ordering::Relaxed) }
+    Stats {
+        kicks: kicks.load(Ordering::Relaxed),
+        interrupts: interrupts.load(Ordering::Relaxed),
+    }
 }
 
 fn check(features: Features, total: u64) {
     for (size, batch) in [(256, 32), (64, 1)] {
         let stats = run(features, size, total, batch);
-        eprintln!("{features:?} q{size} batch{batch}: {total} buffers, {} kicks, {} interrupts", stats.kicks, stats.interrupts);
+        eprintln!(
+            "{features:?} q{size} batch{batch}: {total} buffers, {} kicks, {} interrupts",
+            stats.kicks, stats.interrupts
+        );
         // How many notifications are needed depends on scheduling (a peer that is always idle wants every one), so
         // only the bounds are checked; liveness is checked by the wait limit, integrity by the checksums.
         assert!((1..=total).contains(&stats.kicks), "kicks");
