@@ -166,6 +166,11 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         self.broken
     }
 
+    /// The ring position and wrap counter of the next descriptor the device will look at.
+    pub fn next_avail(&self) -> (u16, bool) {
+        (self.next_avail, self.avail_wrap)
+    }
+
     fn fault<T>(&mut self, error: Error) -> Result<T> {
         if error.is_peer_fault() {
             self.broken = true;

@@ -302,6 +302,21 @@ impl<M: RingMemory> DeviceQueue<M> {
         dispatch!(self, q => q.size())
     }
 
+    /// Where the device will look for the next available buffer, in the terms of NOTIFICATION_DATA: split rings give
+    /// the low 15 bits of the available index and its bit 15; packed rings the ring position and wrap counter.
+    pub fn next_avail(&self) -> (u16, bool) {
+        match self {
+            Self::Split(q) => (q.next_avail() & 0x7fff, q.next_avail() & 0x8000 != 0),
+            Self::Packed(q) => q.next_avail(),
+        }
+    }
+
+    /// Whether a notification's data says buffers are available beyond what the device has consumed (a driver
+    /// notification with VIRTIO_F_NOTIFICATION_DATA, virtio 1.3 §2.9).
+    pub fn notification_announces_work(&self, data: NotificationData) -> bool {
+        self.next_avail() != (data.next_off, data.next_wrap)
+    }
+
     /// The memory the queue lives in.
     pub fn memory(&self) -> &M {
         dispatch!(self, q => q.memory())
