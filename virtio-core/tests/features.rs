@@ -53,7 +53,7 @@ fn ring_reset_one_queue_others_keep_running() {
         features.set(Features::RING_PACKED, packed);
         let mut rx = MockDriver::with_slot_len(features, 16, 64).unwrap();
         let mut tx = MockDriver::with_slot_len(features, 16, 64).unwrap();
-        let mut rx_dev = DeviceQueue::activate(&rx.queue_config(), features, rx.memory()).unwrap();
+        let rx_dev = DeviceQueue::activate(&rx.queue_config(), features, rx.memory()).unwrap();
         let mut tx_dev = DeviceQueue::activate(&tx.queue_config(), features, tx.memory()).unwrap();
         for _ in 0..5 {
             rx.add(&[], &[32]).unwrap();
