@@ -2,7 +2,7 @@
 //!
 //! Addresses inside rings are *device addresses*: guest-physical for a VMM, IOVA for a VFIO driver, physical for a
 //! bare-metal guest. [`RingMemory`] translates a device-address range into a host pointer. Ring areas are translated
-//! once, at activation, into [`RingRegion`]s; payload ranges are translated per descriptor.
+//! once, at activation, into ring regions; payload ranges are translated per descriptor.
 //!
 //! This is one of the few modules allowed to use `unsafe`: every access to shared memory goes through it.
 

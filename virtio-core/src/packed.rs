@@ -1,7 +1,7 @@
 //! Packed virtqueues (virtio 1.3 §2.8) in both roles.
 //!
 //! Layout (little-endian):
-//! - descriptor ring: `size` × { addr: u64, len: u32, id: u16, flags: u16 } (§2.8.13), 16-aligned;
+//! - descriptor ring: `size` × `{ addr: u64, len: u32, id: u16, flags: u16 }` (§2.8.13), 16-aligned;
 //! - driver area: driver event suppression { off_wrap: u16, flags: u16 } (§2.8.14), written by the driver;
 //! - device area: device event suppression, same layout, written by the device.
 //!

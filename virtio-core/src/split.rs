@@ -1,9 +1,9 @@
 //! Split virtqueues (virtio 1.3 §2.7) in both roles.
 //!
 //! Layout (little-endian):
-//! - descriptor table: `size` × { addr: u64, len: u32, flags: u16, next: u16 } (§2.7.5), 16-aligned;
-//! - available ring (driver area): flags u16, idx u16, ring[size] u16, used_event u16 (§2.7.6), 2-aligned;
-//! - used ring (device area): flags u16, idx u16, ring[size] { id: u32, len: u32 }, avail_event u16 (§2.7.8),
+//! - descriptor table: `size` × `{ addr: u64, len: u32, flags: u16, next: u16 }` (§2.7.5), 16-aligned;
+//! - available ring (driver area): flags u16, idx u16, `ring[size]` u16, used_event u16 (§2.7.6), 2-aligned;
+//! - used ring (device area): flags u16, idx u16, `ring[size]` { id: u32, len: u32 }, avail_event u16 (§2.7.8),
 //!   4-aligned.
 
 use alloc::vec::Vec;

@@ -7,7 +7,7 @@
 //! | `fmt`     | `cargo fmt --all -- --check` (also nostd-proof and fuzz targets)      |
 //! | `clippy`  | `-D warnings` over the feature sets in [`CLIPPY`], plus nostd-proof   |
 //! | `doc`     | `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features` |
-//! | `test`    | `cargo test --workspace --all-features`, then the heavy tiers of `virtio-sdk-tests` in release with `--include-ignored` |
+//! | `test`    | `cargo test --workspace --all-features`, then the heavy tiers of `virtio-core` and `virtio-sdk-tests` in release with `--include-ignored` |
 //! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF |
 //! | `package` | `cargo package --no-verify --allow-dirty` of the crates in [`PUBLISHABLE`] |
 //! | `fuzz`    | every `cargo +nightly fuzz list` target for `$FUZZ_SECONDS` s (default 20) |
@@ -99,8 +99,8 @@ const PUBLISHABLE: &[&str] = &[
     "vmm-glue",
 ];
 
-/// Crate whose `#[ignore]`d tests are the heavy tiers, run in release mode.
-const HEAVY_TEST_CRATE: &str = "virtio-sdk-tests";
+/// Crates whose `#[ignore]`d tests are the heavy tiers, run in release mode.
+const HEAVY_TEST_CRATES: &[&str] = &["virtio-core", "virtio-sdk-tests"];
 
 /// Default seconds per fuzz target; override with `FUZZ_SECONDS`.
 const DEFAULT_FUZZ_SECONDS: u64 = 20;
@@ -369,14 +369,12 @@ fn test(_: &Ctx) -> Result<(), String> {
     cmd::run(&mut cargo(&["test", "--workspace", "--all-features"]))?;
     // Heavy tiers are `#[ignore]`d so the debug run above stays fast; run everything
     // of that crate again, optimised, including them.
-    cmd::run(&mut cargo(&[
-        "test",
-        "--release",
-        "-p",
-        HEAVY_TEST_CRATE,
-        "--",
-        "--include-ignored",
-    ]))
+    let mut args = vec!["test", "--release", "--all-features"];
+    for krate in HEAVY_TEST_CRATES {
+        args.extend(["-p", krate]);
+    }
+    args.extend(["--", "--include-ignored"]);
+    cmd::run(&mut cargo(&args))
 }
 
 // ---------------------------------------------------------------------------------------
