@@ -95,6 +95,20 @@ impl QueueConfig {
         })
     }
 
+    /// A ready legacy split-ring configuration of `size` entries at `base` (see [`RingLayout::place_legacy`]).
+    pub fn legacy(max_size: u16, size: u16, base: DeviceAddr, align: u64) -> Option<Self> {
+        let layout = RingLayout::new(RingFormat::Split, size);
+        let (descriptors, driver_area, device_area) = layout.place_legacy(base, align)?;
+        Some(Self {
+            max_size,
+            size,
+            ready: true,
+            descriptors,
+            driver_area,
+            device_area,
+        })
+    }
+
     /// Back to the reset state, keeping the maximum.
     pub fn reset(&mut self) {
         *self = Self::new(self.max_size);
@@ -175,6 +189,38 @@ impl RingLayout {
             DeviceAddr::new(drv),
             DeviceAddr::new(dev),
         ))
+    }
+
+    /// Addresses of a *legacy* split ring (virtio 1.3 §2.7 "Legacy Interfaces"): descriptors at `base`, the
+    /// available ring right after them, the used ring at the next multiple of `align` (4096 for legacy PCI,
+    /// `QueueAlign` for MMIO v1). `None` for packed layouts, a zero or non-power-of-two `align`, or overflow.
+    pub fn place_legacy(
+        &self,
+        base: DeviceAddr,
+        align: u64,
+    ) -> Option<(DeviceAddr, DeviceAddr, DeviceAddr)> {
+        if self.format != RingFormat::Split || !align.is_power_of_two() {
+            return None;
+        }
+        let desc = base.raw();
+        let avail = desc.checked_add(self.descriptors_len as u64)?;
+        let used = avail
+            .checked_add(self.driver_area_len as u64)?
+            .checked_add(align - 1)?
+            & !(align - 1);
+        Some((
+            DeviceAddr::new(desc),
+            DeviceAddr::new(avail),
+            DeviceAddr::new(used),
+        ))
+    }
+
+    /// Bytes a legacy split ring occupies from its base (see [`place_legacy`](Self::place_legacy)).
+    pub fn legacy_total_len(&self, align: u64) -> usize {
+        self.place_legacy(DeviceAddr::new(0), align)
+            .and_then(|(_, _, used)| usize::try_from(used.raw()).ok())
+            .and_then(|used| used.checked_add(self.device_area_len))
+            .unwrap_or(usize::MAX)
     }
 
     /// Total bytes needed by [`place`](Self::place) from a 16-aligned base.
@@ -278,6 +324,21 @@ mod tests {
         let (d, a, u) = l.place(DeviceAddr::new(0x1000)).expect("fits");
         assert_eq!((d.raw(), a.raw(), u.raw()), (0x1000, 0x2000, 0x2208));
         assert_eq!(l.total_len(), 0x1208 + 6 + 8 * 256);
+    }
+
+    #[test]
+    fn legacy_layout_puts_used_ring_on_alignment() {
+        let l = RingLayout::new(RingFormat::Split, 256);
+        let (d, a, u) = l
+            .place_legacy(DeviceAddr::new(0x10000), 4096)
+            .expect("fits");
+        assert_eq!((d.raw(), a.raw(), u.raw()), (0x10000, 0x11000, 0x12000));
+        assert_eq!(l.legacy_total_len(4096), 0x2000 + 6 + 8 * 256);
+        assert!(RingLayout::new(RingFormat::Packed, 8)
+            .place_legacy(DeviceAddr::new(0), 4096)
+            .is_none());
+        let c = QueueConfig::legacy(256, 16, DeviceAddr::new(0x4000), 64).expect("fits");
+        assert_eq!((c.driver_area.raw(), c.device_area.raw()), (0x4100, 0x4140));
     }
 
     #[test]

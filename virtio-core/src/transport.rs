@@ -100,3 +100,147 @@ pub trait Transport {
         }
     }
 }
+
+/// A callback run when a queue has used buffers (Linux's `vq->callback`, run from `vring_interrupt`).
+#[cfg(feature = "alloc")]
+pub type QueueCallback = alloc::boxed::Box<dyn FnMut(u16) + Send>;
+
+/// A callback run on a configuration-change interrupt.
+#[cfg(feature = "alloc")]
+pub type ConfigCallback = alloc::boxed::Box<dyn FnMut() + Send>;
+
+/// The driver side of the interrupt path, shared by all transports: per-queue callbacks registered at queue setup,
+/// run by a transport's interrupt handler for the queues that have used buffers (Linux `vp_interrupt` →
+/// `vring_interrupt` → callback).
+#[cfg(feature = "alloc")]
+#[derive(Default)]
+pub struct InterruptDispatch {
+    queues: alloc::vec::Vec<Option<QueueCallback>>,
+    config: Option<ConfigCallback>,
+}
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Debug for InterruptDispatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let registered = self.queues.iter().filter(|c| c.is_some()).count();
+        f.debug_struct("InterruptDispatch")
+            .field("queue_callbacks", &registered)
+            .field("config_callback", &self.config.is_some())
+            .finish()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl InterruptDispatch {
+    /// No callbacks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the callback of `queue` (at queue setup), replacing an earlier one.
+    pub fn set_queue_callback(&mut self, queue: u16, callback: QueueCallback) {
+        let index = usize::from(queue);
+        if self.queues.len() <= index {
+            self.queues.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = self.queues.get_mut(index) {
+            *slot = Some(callback);
+        }
+    }
+
+    /// Forgets the callback of `queue` (queue reset or teardown).
+    pub fn clear_queue_callback(&mut self, queue: u16) {
+        if let Some(slot) = self.queues.get_mut(usize::from(queue)) {
+            *slot = None;
+        }
+    }
+
+    /// Registers the configuration-change callback.
+    pub fn set_config_callback(&mut self, callback: ConfigCallback) {
+        self.config = Some(callback);
+    }
+
+    /// A vector dedicated to `queue` fired (MSI-X): runs its callback if it has used buffers. Returns whether a
+    /// callback ran.
+    pub fn queue_interrupt(&mut self, queue: u16, has_used: bool) -> bool {
+        match self.queues.get_mut(usize::from(queue)) {
+            Some(Some(callback)) if has_used => {
+                callback(queue);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A shared interrupt fired (INTx + ISR, MMIO InterruptStatus, or a vector shared by all queues): `cause` is what
+    /// the transport acknowledged. Runs the config callback for CONFIG and the callback of every registered queue
+    /// for which `has_used` is true for QUEUE. Returns the number of callbacks run.
+    pub fn shared_interrupt(
+        &mut self,
+        cause: InterruptCause,
+        mut has_used: impl FnMut(u16) -> bool,
+    ) -> usize {
+        let mut ran = 0;
+        if cause.contains(InterruptCause::CONFIG) {
+            if let Some(callback) = self.config.as_mut() {
+                callback();
+                ran += 1;
+            }
+        }
+        if cause.contains(InterruptCause::QUEUE) {
+            for (queue, slot) in (0u16..).zip(self.queues.iter_mut()) {
+                if let Some(callback) = slot {
+                    if has_used(queue) {
+                        callback(queue);
+                        ran += 1;
+                    }
+                }
+            }
+        }
+        ran
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn dispatch_shared_interrupt_runs_only_queues_with_used_buffers() {
+        let hits = Arc::new(AtomicU32::new(0));
+        let mut dispatch = InterruptDispatch::new();
+        for q in [0u16, 2] {
+            let hits = hits.clone();
+            dispatch.set_queue_callback(
+                q,
+                Box::new(move |queue| {
+                    hits.fetch_add(1 << (queue * 4), Ordering::Relaxed);
+                }),
+            );
+        }
+        let config_hits = hits.clone();
+        dispatch.set_config_callback(Box::new(move || {
+            config_hits.fetch_add(1 << 28, Ordering::Relaxed);
+        }));
+        assert_eq!(
+            dispatch.shared_interrupt(InterruptCause::QUEUE, |q| q == 2),
+            1
+        );
+        assert_eq!(hits.load(Ordering::Relaxed), 1 << 8);
+        assert_eq!(
+            dispatch.shared_interrupt(InterruptCause::CONFIG, |_| true),
+            1
+        );
+        assert_eq!(
+            dispatch.shared_interrupt(InterruptCause::empty(), |_| true),
+            0
+        );
+        assert!(dispatch.queue_interrupt(0, true));
+        assert!(!dispatch.queue_interrupt(1, true), "no callback registered");
+        assert!(!dispatch.queue_interrupt(2, false), "nothing used");
+        assert_eq!(hits.load(Ordering::Relaxed), (1 << 8) | (1 << 28) | 1);
+    }
+}
