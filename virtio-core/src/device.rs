@@ -18,6 +18,11 @@ pub trait Interrupt {
     fn signal_queue(&self, queue: u16);
     /// Signals a configuration change (the transport bumps the config generation).
     fn signal_config(&self);
+    /// Reports that the device hit an error it cannot recover from: the transport sets DEVICE_NEEDS_RESET and sends
+    /// a configuration-change notification (virtio 1.3 §2.1.2). The default only notifies; transports override it.
+    fn signal_needs_reset(&self) {
+        self.signal_config();
+    }
 }
 
 /// A live queue handed to a device at activation.
@@ -71,5 +76,11 @@ pub trait VirtioDevice {
     fn reset_queue(&mut self, queue: u16) -> Option<DeviceQueue<Self::Memory>> {
         let _ = queue;
         None
+    }
+
+    /// Re-enables a queue after a per-queue reset, while the device stays live. Returns the queue back if the
+    /// device does not take it (the default).
+    fn enable_queue(&mut self, queue: ActiveQueue<Self::Memory>) -> Option<ActiveQueue<Self::Memory>> {
+        Some(queue)
     }
 }

@@ -222,6 +222,28 @@ pub enum Error {
         /// The index.
         index: u16,
     },
+    /// A queue that is already enabled (set up again without a reset).
+    #[error("queue {index} is in use")]
+    QueueInUse {
+        /// The index.
+        index: u16,
+    },
+    /// A per-queue reset the device did not complete.
+    #[error("queue {index} did not finish its reset")]
+    QueueResetTimeout {
+        /// The index.
+        index: u16,
+    },
+    /// A configuration-space access outside the space the transport exposes.
+    #[error(
+        "config access of {len} bytes at offset {offset} is outside the device configuration space"
+    )]
+    ConfigOutOfRange {
+        /// Offset of the access.
+        offset: usize,
+        /// Its length.
+        len: usize,
+    },
 }
 
 impl Error {

@@ -30,16 +30,33 @@ pub struct Negotiation {
     offered: Features,
     driver: Features,
     status: DeviceStatus,
+    modern_only: bool,
 }
 
 impl Negotiation {
-    /// A fresh device offering `offered`.
+    /// A fresh device offering `offered`; legacy drivers (no VERSION_1) are accepted if the transport has a legacy
+    /// interface.
     pub fn new(offered: Features) -> Self {
         Self {
             offered,
             driver: Features::empty(),
             status: DeviceStatus::empty(),
+            modern_only: false,
         }
+    }
+
+    /// A fresh device with no legacy interface (MMIO v2, modern-only PCI): it offers VERSION_1 and refuses a driver
+    /// that does not accept it (virtio 1.3 §6.1).
+    pub fn modern(offered: Features) -> Self {
+        Self {
+            modern_only: true,
+            ..Self::new(offered | Features::VERSION_1)
+        }
+    }
+
+    /// Whether this device refuses legacy drivers.
+    pub fn is_modern_only(&self) -> bool {
+        self.modern_only
     }
 
     /// What the device offers.
@@ -90,7 +107,10 @@ impl Negotiation {
     pub fn write_status(&mut self, value: u8) -> Result<StatusChange> {
         let new = DeviceStatus::from_bits_retain(value);
         if new.is_empty() {
-            *self = Self::new(self.offered);
+            *self = Self {
+                modern_only: self.modern_only,
+                ..Self::new(self.offered)
+            };
             return Ok(StatusChange::Reset);
         }
         let old = self.status;
@@ -112,7 +132,7 @@ impl Negotiation {
         }
         let requires =
             |bit: DeviceStatus, before: DeviceStatus| !added.contains(bit) || new.contains(before);
-        let legacy = !self.driver.contains(Features::VERSION_1);
+        let legacy = !self.modern_only && !self.driver.contains(Features::VERSION_1);
         let ordered = requires(DeviceStatus::DRIVER, DeviceStatus::ACKNOWLEDGE)
             && requires(DeviceStatus::FEATURES_OK, DeviceStatus::DRIVER)
             && requires(DeviceStatus::DRIVER_OK, DeviceStatus::DRIVER)
@@ -146,7 +166,7 @@ impl Negotiation {
 
     fn features_acceptable(&self) -> bool {
         let d = self.driver;
-        if !self.offered.contains(d) {
+        if !self.offered.contains(d) || (self.modern_only && !d.contains(Features::VERSION_1)) {
             return false;
         }
         // A legacy (pre-1.0) driver cannot use features defined only for VERSION_1 devices.
@@ -260,6 +280,23 @@ mod tests {
             n.write_status(ok),
             Ok(StatusChange::DriverOk(Features::EVENT_IDX))
         );
+    }
+
+    #[test]
+    fn negotiation_modern_only_refuses_legacy_driver() {
+        let mut n = Negotiation::modern(Features::EVENT_IDX);
+        assert!(n.offered().contains(Features::VERSION_1));
+        n.write_status(ACK).expect("ack");
+        n.write_status(DRV).expect("driver");
+        n.write_driver_features(0, Features::EVENT_IDX.window(0));
+        assert!(
+            n.write_status(DRV | DeviceStatus::DRIVER_OK.bits())
+                .is_err(),
+            "no legacy shortcut to DRIVER_OK"
+        );
+        assert_eq!(n.write_status(FOK), Ok(StatusChange::FeaturesRejected));
+        assert_eq!(n.write_status(0), Ok(StatusChange::Reset));
+        assert!(n.is_modern_only(), "reset keeps the device modern-only");
     }
 
     #[test]
