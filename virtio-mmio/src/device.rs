@@ -18,7 +18,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_core::device::{ActiveQueue, Interrupt, VirtioDevice};
 use virtio_core::{
@@ -47,7 +47,8 @@ pub trait IrqLine: Send + Sync {
     fn lower(&self) {}
 }
 
-/// `InterruptStatus` and `ConfigGeneration`, shared by the register window and the interrupt handles.
+/// `InterruptStatus`, `ConfigGeneration` and the device model's DEVICE_NEEDS_RESET report, shared by the register
+/// window and the interrupt handles.
 #[derive(Debug, Default)]
 struct Shared {
     /// `InterruptStatus`.
@@ -56,6 +57,24 @@ struct Shared {
     generation: AtomicU32,
     /// Bumped at every device reset, so that interrupt handles of an earlier activation no longer raise anything.
     epoch: AtomicU32,
+    /// DRIVER_OK is set (cleared at reset): before it there is nothing to flag as needing a reset.
+    driver_ok: AtomicBool,
+    /// The device model reported DEVICE_NEEDS_RESET through [`Interrupt::signal_needs_reset`] (cleared at reset). The
+    /// register window shows it in `Status` and folds it into its [`Negotiation`] at the next status write.
+    needs_reset: AtomicBool,
+}
+
+impl Shared {
+    /// The status the driver reads: `negotiation`'s, with a DEVICE_NEEDS_RESET reported through a handle.
+    fn status_of(&self, negotiation: &Negotiation) -> DeviceStatus {
+        let status = negotiation.status();
+        // Acquire pairs with the Release store in `MmioInterrupt::signal_needs_reset`.
+        if self.needs_reset.load(Ordering::Acquire) && status.contains(DeviceStatus::DRIVER_OK) {
+            status | DeviceStatus::DEVICE_NEEDS_RESET
+        } else {
+            status
+        }
+    }
 }
 
 /// The [`Interrupt`] an [`MmioDevice`] gives its device model: sets the cause in `InterruptStatus`, then triggers the
@@ -63,6 +82,9 @@ struct Shared {
 ///
 /// A handle belongs to one activation: after a device reset it does nothing (the spec requires `InterruptStatus` to
 /// be clear after reset, §4.2.2.1), even if the device model kept a clone.
+///
+/// [`signal_needs_reset`](Interrupt::signal_needs_reset) sets DEVICE_NEEDS_RESET in `Status` and raises a
+/// configuration change interrupt (§2.1.2), like [`MmioDevice::set_needs_reset`]; it does nothing before DRIVER_OK.
 #[derive(Clone)]
 pub struct MmioInterrupt {
     shared: Arc<Shared>,
@@ -117,6 +139,17 @@ impl Interrupt for MmioInterrupt {
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.raise(regs::INT_CONFIG_CHANGE);
     }
+
+    fn signal_needs_reset(&self) {
+        if self.is_stale() || !self.shared.driver_ok.load(Ordering::Acquire) {
+            return;
+        }
+        // The flag is visible before the cause bit (Release, then the AcqRel `fetch_or` in `raise`): a driver woken
+        // by the interrupt reads DEVICE_NEEDS_RESET in `Status`. No generation bump: the configuration space did not
+        // change, only the status.
+        self.shared.needs_reset.store(true, Ordering::Release);
+        self.raise(regs::INT_CONFIG_CHANGE);
+    }
 }
 
 /// The registers of one queue.
@@ -167,7 +200,8 @@ pub struct MmioDevice<D: VirtioDevice> {
     line: Arc<dyn IrqLine>,
     /// The device model accepted activation and has not been reset since.
     live: bool,
-    /// Queues enabled again after a per-queue reset, waiting for the VMM to hand them to its device model.
+    /// Queues enabled again after a per-queue reset that the device model handed back from
+    /// [`VirtioDevice::enable_queue`], waiting for the VMM to give them to it.
     reenabled: Vec<ActiveQueue<D::Memory>>,
 }
 
@@ -176,7 +210,7 @@ impl<D: VirtioDevice> fmt::Debug for MmioDevice<D> {
         f.debug_struct("MmioDevice")
             .field("version", &self.version)
             .field("device_id", &self.device.device_type())
-            .field("status", &self.negotiation.status())
+            .field("status", &self.shared.status_of(&self.negotiation))
             .field("live", &self.live)
             .field("queues", &self.queues.len())
             .field("queue_sel", &self.queue_sel)
@@ -200,9 +234,10 @@ where
     /// A device presenting `device` with register interface `version`; its queues live in `memory`, its interrupt is
     /// `line`.
     ///
-    /// The features offered are the device model's, adjusted to the transport: version 2 always offers
-    /// VIRTIO_F_VERSION_1 (a version-2 device is a modern device); version 1 offers neither VERSION_1 nor any bit
-    /// only modern drivers may accept; neither offers VIRTIO_F_ADMIN_VQ, which MMIO reserves (§4.2.5).
+    /// The features offered are the device model's, adjusted to the transport: version 2 is a modern-only device
+    /// ([`Negotiation::modern`]: it always offers VIRTIO_F_VERSION_1 and refuses a driver that does not accept it);
+    /// version 1 offers neither VERSION_1 nor any bit only modern drivers may accept; neither offers
+    /// VIRTIO_F_ADMIN_VQ, which MMIO reserves (§4.2.5).
     pub fn new(
         device: D,
         memory: D::Memory,
@@ -218,13 +253,19 @@ where
             .iter()
             .map(|max| QueueRegs::new(*max))
             .collect();
-        let offered = Self::transport_features(device.offered_features(), version);
+        let offered = device.offered_features() - Features::ADMIN_VQ;
+        let negotiation = match version {
+            MmioVersion::Modern => Negotiation::modern(offered),
+            MmioVersion::Legacy => {
+                Negotiation::new(offered - Features::VERSION_1 - Features::MODERN_ONLY)
+            }
+        };
         Ok(Self {
             device,
             memory,
             version,
             vendor_id: regs::DEFAULT_VENDOR_ID,
-            negotiation: Negotiation::new(offered),
+            negotiation,
             device_features_sel: 0,
             driver_features_sel: 0,
             queue_sel: 0,
@@ -236,14 +277,6 @@ where
             live: false,
             reenabled: Vec::new(),
         })
-    }
-
-    fn transport_features(offered: Features, version: MmioVersion) -> Features {
-        let offered = offered - Features::ADMIN_VQ;
-        match version {
-            MmioVersion::Modern => offered | Features::VERSION_1,
-            MmioVersion::Legacy => offered - Features::VERSION_1 - Features::MODERN_ONLY,
-        }
     }
 
     /// Presents `vendor_id` in `VendorID` instead of [`regs::DEFAULT_VENDOR_ID`].
@@ -293,9 +326,10 @@ where
         self.negotiated_features().unwrap_or(Features::empty())
     }
 
-    /// The device status as the driver reads it.
+    /// The device status as the driver reads it (including a DEVICE_NEEDS_RESET the device model reported through
+    /// [`Interrupt::signal_needs_reset`]).
     pub fn status(&self) -> DeviceStatus {
-        self.negotiation.status()
+        self.shared.status_of(&self.negotiation)
     }
 
     /// Whether the device model is running (DRIVER_OK accepted, no reset since).
@@ -336,10 +370,19 @@ where
     /// The device hit an error it cannot recover from (e.g. its device model found a queue broken by a driver fault):
     /// sets DEVICE_NEEDS_RESET, if DRIVER_OK is set, and raises a configuration change interrupt (§2.1.2). The
     /// driver recovers with a device reset.
+    ///
+    /// For the VMM; a device model reports the same through its interrupt handle,
+    /// [`Interrupt::signal_needs_reset`], which this calls.
     pub fn set_needs_reset(&mut self) {
-        if self.negotiation.status().contains(DeviceStatus::DRIVER_OK) {
+        self.interrupt().signal_needs_reset();
+        self.sync_needs_reset();
+    }
+
+    /// Folds a DEVICE_NEEDS_RESET reported through an interrupt handle into the negotiation state (which ignores it
+    /// before DRIVER_OK).
+    fn sync_needs_reset(&mut self) {
+        if self.shared.needs_reset.load(Ordering::Acquire) {
             self.negotiation.set_needs_reset();
-            self.interrupt().raise(regs::INT_CONFIG_CHANGE);
         }
     }
 
@@ -353,12 +396,12 @@ where
         (exists && plain).then_some(u32::from(queue))
     }
 
-    /// Queues the driver enabled again after a per-queue reset (VIRTIO_F_RING_RESET) since the last call, activated
-    /// and ready to give to the device model.
+    /// Queues the driver enabled again after a per-queue reset (VIRTIO_F_RING_RESET) that the device model did not
+    /// take, since the last call: activated and ready to give to the device model.
     ///
-    /// `virtio_core::VirtioDevice` has `reset_queue` but no hook to take a queue back while live, so the transport
-    /// keeps it here; the VMM hands it to its device model. The list is cleared on device reset, and a queue reset
-    /// again before it was taken is dropped.
+    /// A re-enabled queue goes to the device model through [`VirtioDevice::enable_queue`] first; this is the fallback
+    /// for a model that hands it back (the trait's default), so that the VMM can pass it on by other means. The list
+    /// is cleared on device reset, and a queue reset again before it was taken is dropped.
     pub fn take_reenabled_queues(&mut self) -> Vec<ActiveQueue<D::Memory>> {
         core::mem::take(&mut self.reenabled)
     }
@@ -433,8 +476,8 @@ where
     /// An available buffer notification with the value written to `QueueNotify` (the ioeventfd path): the queue
     /// index, or with VIRTIO_F_NOTIFICATION_DATA the notification data (§4.2.3.3). Forwarded to the device model
     /// only for an enabled queue of a live device, and not for a queue waiting in
-    /// [`take_reenabled_queues`](Self::take_reenabled_queues) (the model should check such a queue's ring when it
-    /// receives it).
+    /// [`take_reenabled_queues`](Self::take_reenabled_queues) because the device model did not take it from
+    /// [`VirtioDevice::enable_queue`] (the model should check such a queue's ring when it receives it).
     pub fn notify(&mut self, value: u32) -> Result<()> {
         let (queue, data) = if self.negotiated().contains(Features::NOTIFICATION_DATA) {
             let data = NotificationData::from_u32(value);
@@ -520,7 +563,7 @@ where
             regs::QUEUE_RESET => 0,
             // Acquire pairs with the Release in `MmioInterrupt::raise`. Only defined bits are ever set.
             regs::INTERRUPT_STATUS => self.shared.status.load(Ordering::Acquire) & regs::INT_VALID,
-            regs::STATUS => u32::from(self.negotiation.status().bits()),
+            regs::STATUS => u32::from(self.status().bits()),
             // No shared memory regions: length and base of a non-existent region read as all ones (§4.2.2).
             regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH | regs::SHM_BASE_LOW | regs::SHM_BASE_HIGH => {
                 u32::MAX
@@ -684,6 +727,8 @@ where
         Ok(())
     }
 
+    /// Activates a queue enabled again after a per-queue reset and gives it to the device model; a queue the model
+    /// hands back waits in `reenabled` for the VMM.
     fn reenable(&mut self, index: u16, config: &QueueConfig) -> Result<()> {
         let features = self.negotiated();
         match DeviceQueue::activate(config, features, self.memory.clone()) {
@@ -691,7 +736,9 @@ where
                 if let Some(regs) = self.queues.get_mut(usize::from(index)) {
                     regs.active = true;
                 }
-                self.reenabled.push(ActiveQueue { index, queue });
+                if let Some(declined) = self.device.enable_queue(ActiveQueue { index, queue }) {
+                    self.reenabled.push(declined);
+                }
                 Ok(())
             }
             Err(source) => Err(self.fail(Some(index), source)),
@@ -710,6 +757,7 @@ where
     }
 
     fn write_status(&mut self, value: u32) -> Result<()> {
+        self.sync_needs_reset();
         let current = self.negotiation.status();
         let Ok(value) = u8::try_from(value) else {
             // Bits above the 8-bit status field: refused rather than truncated (0x100 must not reset the device).
@@ -719,26 +767,8 @@ where
                 to: low,
             }));
         };
-        if self.version == MmioVersion::Modern && value != 0 {
-            let added = DeviceStatus::from_bits_retain(value) - current;
-            let modern = self
-                .negotiation
-                .driver_features()
-                .contains(Features::VERSION_1);
-            if !modern && added.intersects(DeviceStatus::FEATURES_OK | DeviceStatus::DRIVER_OK) {
-                // A version-2 device is modern-only: without VERSION_1 the features are refused as FEATURES_OK would
-                // refuse them (the bit stays clear for the driver's re-read), and DRIVER_OK is not accepted.
-                let stripped =
-                    value & !(DeviceStatus::FEATURES_OK | DeviceStatus::DRIVER_OK).bits();
-                if !added.contains(DeviceStatus::FEATURES_OK) || stripped == 0 {
-                    return Err(Error::Status(virtio_core::Error::FeaturesRejected));
-                }
-                self.negotiation
-                    .write_status(stripped)
-                    .map_err(Error::Status)?;
-                return Ok(());
-            }
-        }
+        // A version-2 device is modern-only (`Negotiation::modern`): without VERSION_1 FEATURES_OK is refused (the bit
+        // stays clear for the driver's re-read) and DRIVER_OK cannot be reached.
         match self
             .negotiation
             .write_status(value)
@@ -748,7 +778,11 @@ where
                 self.reset();
                 Ok(())
             }
-            StatusChange::DriverOk(features) => self.activate(features),
+            StatusChange::DriverOk(features) => {
+                // Before the device model gets its interrupt handle, which may report DEVICE_NEEDS_RESET from now on.
+                self.shared.driver_ok.store(true, Ordering::Release);
+                self.activate(features)
+            }
             _ => Ok(()),
         }
     }
@@ -769,6 +803,8 @@ where
         // `GuestPageSize` survives: drivers write it once at probe, before the reset that starts initialisation.
         // Handles given out before the reset become inert before the status is cleared.
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+        self.shared.driver_ok.store(false, Ordering::Release);
+        self.shared.needs_reset.store(false, Ordering::Release);
         self.shared.status.store(0, Ordering::Release);
         self.line.lower();
     }
@@ -838,9 +874,8 @@ where
     }
 
     fn fail(&mut self, queue: Option<u16>, source: virtio_core::Error) -> Error {
-        self.negotiation.set_needs_reset();
-        // No generation bump: the configuration space did not change, only the status.
-        self.interrupt().raise(regs::INT_CONFIG_CHANGE);
+        // DRIVER_OK is set here (activation, or a queue re-enabled while live).
+        self.set_needs_reset();
         Error::Activation { queue, source }
     }
 }

@@ -222,7 +222,8 @@ impl<R: MmioRegisters> MmioTransport<R> {
         self.regs
     }
 
-    /// Bytes of configuration space the window covers.
+    /// Bytes of configuration space the window covers: configuration accesses reaching past it fail with
+    /// [`ConfigOutOfRange`](virtio_core::Error::ConfigOutOfRange).
     pub fn config_len(&self) -> usize {
         self.size.saturating_sub(offset(regs::CONFIG))
     }
@@ -398,7 +399,8 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
     /// three area addresses and `QueueReady` = 1; legacy (§4.2.4): `QueueNum`, `QueueAlign` and `QueuePFN`, after
     /// checking that `config` is in the layout [`queue_placement`](MmioTransport::queue_placement) describes.
     ///
-    /// Errors: [`NoSuchQueue`](virtio_core::Error::NoSuchQueue) if the queue does not exist or is in use,
+    /// Errors: [`QueueInUse`](virtio_core::Error::QueueInUse) if the queue is in use (set up before and not reset
+    /// since), [`NoSuchQueue`](virtio_core::Error::NoSuchQueue) if it does not exist (`QueueNumMax` reads 0),
     /// [`InvalidQueueSize`](virtio_core::Error::InvalidQueueSize) for a size of 0 or above `QueueNumMax`,
     /// [`MisalignedArea`](virtio_core::Error::MisalignedArea) /
     /// [`AreaOutOfMemory`](virtio_core::Error::AreaOutOfMemory) for a legacy configuration that is not a page-aligned
@@ -406,7 +408,7 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
     fn setup_queue(&mut self, queue: u16, config: &QueueConfig) -> virtio_core::Result<()> {
         self.select_queue(queue);
         if self.selected_in_use() {
-            return Err(virtio_core::Error::NoSuchQueue { index: queue });
+            return Err(virtio_core::Error::QueueInUse { index: queue });
         }
         let max = self.regs.read32(offset(regs::QUEUE_NUM_MAX));
         if max == 0 {
@@ -460,7 +462,7 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
 
     /// Stops `queue`:
     /// - version 2 with VIRTIO_F_RING_RESET negotiated: writes 1 to `QueueReset` and waits until it reads 0
-    ///   (§4.2.2.2; gives up with [`QueueBroken`](virtio_core::Error::QueueBroken) after
+    ///   (§4.2.2.2; gives up with [`QueueResetTimeout`](virtio_core::Error::QueueResetTimeout) after
     ///   [`QUEUE_RESET_POLL_LIMIT`] reads);
     /// - version 2 before DRIVER_OK: writes 0 to `QueueReady` and reads it back (§4.2.2.2);
     /// - legacy: writes 0 to `QueuePFN` and reads it back (§4.2.4);
@@ -488,7 +490,7 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
             }
             core::hint::spin_loop();
         }
-        Err(virtio_core::Error::QueueBroken)
+        Err(virtio_core::Error::QueueResetTimeout { index: queue })
     }
 
     /// Writes `value` to `QueueNotify`: the queue index, or the notification data with VIRTIO_F_NOTIFICATION_DATA
@@ -509,13 +511,19 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
     /// Reads configuration space with the access width the field needs (§4.2.2.2): 1, 2 (aligned), 4 (aligned)
     /// bytes in one access, 8 (4-aligned) in two 32-bit accesses, anything else byte by byte. For a legacy device,
     /// which has no `ConfigGeneration`, a read of up to 64 bytes is repeated until two consecutive reads agree (at
-    /// most [`LEGACY_CONFIG_READ_ATTEMPTS`] times). Bytes outside the register window read as zero and are not
-    /// accessed; the transport cannot tell where the device's configuration space ends, so naming fields the device
-    /// has is the caller's part.
+    /// most [`LEGACY_CONFIG_READ_ATTEMPTS`] times).
+    ///
+    /// A read reaching past the register window ([`config_len`](MmioTransport::config_len)) fails with
+    /// [`ConfigOutOfRange`](virtio_core::Error::ConfigOutOfRange), accesses no register and leaves `data` zeroed.
+    /// Inside the window the transport cannot tell where the device's configuration space ends, so naming fields
+    /// the device has is the caller's part.
     fn read_config(&mut self, config_offset: usize, data: &mut [u8]) -> virtio_core::Result<()> {
         if !self.config_in_window(config_offset, data.len()) {
             data.fill(0);
-            return Ok(());
+            return Err(virtio_core::Error::ConfigOutOfRange {
+                offset: config_offset,
+                len: data.len(),
+            });
         }
         self.read_config_once(config_offset, data);
         if self.version == MmioVersion::Legacy {
@@ -533,11 +541,15 @@ impl<R: MmioRegisters> Transport for MmioTransport<R> {
         Ok(())
     }
 
-    /// Writes configuration space with the access widths of [`read_config`](Self::read_config). Bytes outside the
-    /// register window are dropped.
+    /// Writes configuration space with the access widths of [`read_config`](Self::read_config). A write reaching
+    /// past the register window fails with [`ConfigOutOfRange`](virtio_core::Error::ConfigOutOfRange) and writes
+    /// nothing.
     fn write_config(&mut self, config_offset: usize, data: &[u8]) -> virtio_core::Result<()> {
         if !self.config_in_window(config_offset, data.len()) {
-            return Ok(());
+            return Err(virtio_core::Error::ConfigOutOfRange {
+                offset: config_offset,
+                len: data.len(),
+            });
         }
         let at = offset(regs::CONFIG) + config_offset;
         match *data {

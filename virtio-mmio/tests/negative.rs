@@ -178,16 +178,23 @@ fn features_ok_v2_without_version_1_is_refused() {
         .begin_init(Features::EVENT_IDX, Features::empty())
         .unwrap();
     assert_eq!(features, Features::EVENT_IDX);
-    // ... and a version-2 device refuses to go live with such a driver.
+    // ... and a version-2 device (modern-only) has no legacy shortcut from DRIVER to DRIVER_OK.
     assert_eq!(
         poke(&dev, regs::STATUS, 0x7),
-        Err(Error::Status(virtio_core::Error::FeaturesRejected))
+        Err(Error::Status(virtio_core::Error::InvalidStatusTransition {
+            from: 0x3,
+            to: 0x7
+        }))
     );
     assert_eq!(peek(&dev, regs::STATUS), 0x3);
-    // FEATURES_OK without VERSION_1: refused like an unacceptable feature set.
-    poke(&dev, regs::STATUS, 0xb).unwrap();
-    assert_eq!(peek(&dev, regs::STATUS), 0x3);
+    // FEATURES_OK without VERSION_1: refused like an unacceptable feature set, alone or with DRIVER_OK.
+    for status in [0xb, 0xf] {
+        poke(&dev, regs::STATUS, status).unwrap();
+        assert_eq!(peek(&dev, regs::STATUS), 0x3, "{status:#x}");
+    }
     assert!(!dev.borrow().is_live());
+    assert_eq!(dev.borrow().negotiated_features(), None);
+    assert!(dev.borrow().device().features.is_none(), "never activated");
 }
 
 #[test]
@@ -596,7 +603,13 @@ fn transport_new_volatile_window_validates_and_bounds_accesses() {
         t.read_config(1, &mut config[..2]).unwrap();
         assert_eq!(config[..2], [2, 3]);
         let mut beyond = [0xff; 4];
-        t.read_config(0x100, &mut beyond).unwrap();
+        assert_eq!(
+            t.read_config(0x100, &mut beyond),
+            Err(virtio_core::Error::ConfigOutOfRange {
+                offset: 0x100,
+                len: 4
+            })
+        );
         assert_eq!(beyond, [0; 4], "outside the window: not accessed");
         t.write_config(4, &[9, 8, 7, 6]).unwrap();
         t.write_driver_features(Features::VERSION_1);
@@ -641,7 +654,10 @@ fn reset_queue_ring_reset_waits_until_queue_reset_reads_zero() {
     assert!(fake.writes.borrow().ends_with(&[(0x030, 5), (0x0c0, 1)]));
 
     fake.reset_busy.set(u32::MAX);
-    assert_eq!(t.reset_queue(5), Err(virtio_core::Error::QueueBroken));
+    assert_eq!(
+        t.reset_queue(5),
+        Err(virtio_core::Error::QueueResetTimeout { index: 5 })
+    );
     assert_eq!(fake.reset_busy.get(), u32::MAX - QUEUE_RESET_POLL_LIMIT);
 }
 
@@ -689,7 +705,7 @@ fn setup_queue_size_zero_or_above_max_is_refused_without_writes() {
         .unwrap();
     assert_eq!(
         t.setup_queue(0, &config),
-        Err(virtio_core::Error::NoSuchQueue { index: 0 })
+        Err(virtio_core::Error::QueueInUse { index: 0 })
     );
     assert_eq!(t.max_queue_size(0), 0);
 }
@@ -737,4 +753,99 @@ fn setup_queue_v1_non_legacy_layout_is_refused() {
         .writes
         .borrow()
         .ends_with(&[(0x038, 16), (0x03c, 4096), (0x040, 0x100)]));
+}
+
+#[test]
+fn config_access_past_the_window_fails_with_config_out_of_range_and_touches_nothing() {
+    for version in [1, 2] {
+        let fake = Fake::device(version, 1);
+        let mut t = MmioTransport::from_registers(&fake, WINDOW).unwrap();
+        assert_eq!(t.config_len(), WINDOW - 0x100);
+        // The last field inside the window is read.
+        fake.set(0x1fc, 0x0403_0201);
+        let mut last = [0xff; 4];
+        t.read_config(0xfc, &mut last).unwrap();
+        assert_eq!(last, [1, 2, 3, 4]);
+        fake.reads.borrow_mut().clear();
+        fake.writes.borrow_mut().clear();
+        // Straddling the end, starting at the end, and offsets whose end overflows: refused.
+        for (offset, len) in [(0xfe, 4), (0xff, 2), (0x100, 1), (usize::MAX, 2)] {
+            let mut data = vec![0xff; len];
+            let err = t.read_config(offset, &mut data).unwrap_err();
+            assert_eq!(err, virtio_core::Error::ConfigOutOfRange { offset, len });
+            assert!(!err.is_peer_fault(), "the caller named the offset");
+            assert!(data.iter().all(|b| *b == 0), "a refused read reads zero");
+            assert_eq!(
+                t.write_config(offset, &data),
+                Err(virtio_core::Error::ConfigOutOfRange { offset, len })
+            );
+            assert_eq!(
+                t.read_config_consistent(offset, &mut data),
+                Err(virtio_core::Error::ConfigOutOfRange { offset, len })
+            );
+        }
+        // The consistent read may read ConfigGeneration (version 2); no configuration register was touched.
+        assert!(
+            fake.reads.borrow().iter().all(|o| *o == 0x0fc),
+            "{:x?}",
+            fake.reads.borrow()
+        );
+        assert!(fake.writes.borrow().is_empty());
+    }
+}
+
+#[test]
+fn setup_queue_in_use_fails_with_queue_in_use_and_writes_nothing() {
+    for version in [MmioVersion::Modern, MmioVersion::Legacy] {
+        let (dev, _line, memory) = echo_device(version, echo_features());
+        let mut guest = Guest::probe(Recorder::new(dev.clone()), memory);
+        let features = if version == MmioVersion::Modern {
+            Features::VERSION_1
+        } else {
+            Features::empty()
+        };
+        guest.init(features).unwrap();
+        let in_use = match version {
+            MmioVersion::Modern => regs::QUEUE_READY,
+            _ => regs::QUEUE_PFN,
+        };
+        for q in 0..2u16 {
+            // Another layout at another address: the live queue must keep its own.
+            let config = guest
+                .transport
+                .queue_placement()
+                .queue_config(
+                    RingFormat::Split,
+                    QUEUE_MAX,
+                    8,
+                    DeviceAddr::new(MEM_BASE + 4 * QUEUE_STRIDE),
+                )
+                .unwrap();
+            let before = guest.transport.registers().log.borrow().len();
+            assert_eq!(
+                guest.transport.setup_queue(q, &config),
+                Err(virtio_core::Error::QueueInUse { index: q })
+            );
+            let log = guest.transport.registers().log.borrow()[before..].to_vec();
+            let accesses: Vec<(bool, usize, u32)> =
+                log.iter().map(|a| (a.write, a.offset, a.value)).collect();
+            assert_eq!(
+                accesses,
+                vec![
+                    (true, 0x030, u32::from(q)),
+                    (false, usize::try_from(in_use).unwrap(), log[1].value)
+                ],
+                "select and check only"
+            );
+            assert_ne!(log[1].value, 0, "the queue is in use");
+        }
+        // Queues that do not exist are still reported as such.
+        let config = QueueConfig::legacy(8, 8, DeviceAddr::new(MEM_BASE), 4096).unwrap();
+        assert_eq!(
+            guest.transport.setup_queue(2, &config),
+            Err(virtio_core::Error::NoSuchQueue { index: 2 })
+        );
+        // Both queues are untouched.
+        guest.round_trip(7);
+    }
 }

@@ -305,14 +305,32 @@ fn config_space_fields_of_each_width_round_trip() {
             dev.borrow().device().config,
             [0xd4, 0xc3, 0xb2, 0xa1, 0x99, 0, 9, 8, 7, 6, 0x0e, 0x0f]
         );
-        // Beyond the device's space: zeros. Beyond the window: zeros, and no access.
+        // Beyond the device's space but inside the window: the device reads zeros.
         let mut far = [0xff; 4];
         t.read_config(64, &mut far).unwrap();
         assert_eq!(far, [0; 4]);
+        // Beyond the window: refused, no access (details in negative.rs).
         let mut outside = [0xff; 4];
-        t.read_config(WINDOW, &mut outside).unwrap();
+        assert_eq!(
+            t.read_config(WINDOW, &mut outside),
+            Err(virtio_core::Error::ConfigOutOfRange {
+                offset: WINDOW,
+                len: 4
+            })
+        );
         assert_eq!(outside, [0; 4]);
-        t.write_config(usize::MAX - 1, &[1, 2]).unwrap();
+        assert_eq!(
+            t.write_config(usize::MAX - 1, &[1, 2]),
+            Err(virtio_core::Error::ConfigOutOfRange {
+                offset: usize::MAX - 1,
+                len: 2
+            })
+        );
+        assert_eq!(
+            dev.borrow().device().config,
+            [0xd4, 0xc3, 0xb2, 0xa1, 0x99, 0, 9, 8, 7, 6, 0x0e, 0x0f],
+            "nothing written"
+        );
     }
 }
 
@@ -386,6 +404,8 @@ fn interrupt_handle_from_before_reset_raises_nothing() {
 fn queue_reset_v2_ring_reset_stops_queue_and_reenable_hands_it_over() {
     for packed in [false, true] {
         let (dev, _line, memory) = echo_device(MmioVersion::Modern, echo_features());
+        // A device model that does not take re-enabled queues from `enable_queue`: the VMM passes them on.
+        dev.borrow_mut().device_mut().decline_enabled_queues = true;
         let mut guest = Guest::probe(dev.clone(), memory);
         let mut supported = Features::VERSION_1 | Features::RING_RESET;
         supported.set(Features::RING_PACKED, packed);
@@ -414,7 +434,7 @@ fn queue_reset_v2_ring_reset_stops_queue_and_reenable_hands_it_over() {
         let token = guest.send(0, b"still here");
         assert_eq!(guest.collect(0)[0].0, token);
 
-        // Re-enable queue 1 (same memory); the VMM hands the re-activated queue to its device model.
+        // Re-enable queue 1 (same memory); the device model hands it back, so the VMM passes it on.
         let format = if packed {
             RingFormat::Packed
         } else {
@@ -445,6 +465,56 @@ fn queue_reset_v2_ring_reset_stops_queue_and_reenable_hands_it_over() {
         assert_eq!(peek(&dev, regs::QUEUE_READY), 1);
         assert_eq!(peek(&dev, regs::QUEUE_RESET), 0, "0 once enabled");
         guest.round_trip(2);
+    }
+}
+
+#[test]
+fn queue_reenable_v2_device_model_takes_queue_and_receives_notifications() {
+    for packed in [false, true] {
+        let (dev, _line, memory) = echo_device(MmioVersion::Modern, echo_features());
+        let mut guest = Guest::probe(dev.clone(), memory);
+        let mut supported = Features::VERSION_1 | Features::RING_RESET;
+        supported.set(Features::RING_PACKED, packed);
+        guest.init(supported).unwrap();
+        guest.round_trip(1);
+        let format = if packed {
+            RingFormat::Packed
+        } else {
+            RingFormat::Split
+        };
+        let config = guest
+            .transport
+            .queue_placement()
+            .queue_config(
+                format,
+                QUEUE_MAX,
+                QUEUE_SIZE,
+                DeviceAddr::new(MEM_BASE + QUEUE_STRIDE),
+            )
+            .unwrap();
+        // Twice: a queue the model took through `enable_queue` can be reset and re-enabled again.
+        for round in 0..2u8 {
+            guest.transport.reset_queue(1).unwrap();
+            assert!(dev.borrow().device().queues[1].is_none(), "given back");
+            guest.queues[1].reset();
+            guest.transport.setup_queue(1, &config).unwrap();
+            assert!(
+                dev.borrow().device().queues[1].is_some(),
+                "the device model took the queue while live"
+            );
+            assert!(dev.borrow_mut().take_reenabled_queues().is_empty());
+            assert!(dev.borrow().is_live());
+            // Notifications for it are forwarded at once.
+            let notes = dev.borrow().device().notifications.len();
+            poke(&dev, regs::QUEUE_NOTIFY, 1).unwrap();
+            assert_eq!(
+                dev.borrow().device().notifications[notes..],
+                [(1, None)],
+                "round {round}"
+            );
+            guest.round_trip(10 + round);
+        }
+        assert!(dev.borrow().device().errors.is_empty());
     }
 }
 
@@ -583,6 +653,74 @@ fn needs_reset_set_by_vmm_raises_config_interrupt_and_reset_recovers() {
         .status()
         .contains(DeviceStatus::DEVICE_NEEDS_RESET));
     guest.round_trip(6);
+}
+
+#[test]
+fn needs_reset_signalled_by_device_model_sets_status_and_config_interrupt() {
+    use virtio_core::device::Interrupt;
+    for version in [MmioVersion::Modern, MmioVersion::Legacy] {
+        let (dev, line, memory) = echo_device(version, echo_features());
+        let features = if version == MmioVersion::Modern {
+            Features::VERSION_1
+        } else {
+            Features::empty()
+        };
+        let mut guest = Guest::probe(dev.clone(), memory);
+        // Before DRIVER_OK there is nothing to flag: a handle of this activation reports nothing, now or later.
+        guest
+            .transport
+            .begin_init(features, Features::empty())
+            .unwrap();
+        let early = dev.borrow().interrupt();
+        let (status, triggers) = (guest.transport.status(), line.triggers());
+        early.signal_needs_reset();
+        assert_eq!(guest.transport.status(), status);
+        assert_eq!(peek(&dev, regs::INTERRUPT_STATUS), 0);
+        assert_eq!(line.triggers(), triggers);
+        guest.transport.finish_init();
+        assert!(dev.borrow().is_live());
+        assert!(!guest
+            .transport
+            .status()
+            .contains(DeviceStatus::DEVICE_NEEDS_RESET));
+
+        guest.init(features).unwrap();
+        guest.round_trip(1);
+        guest.transport.ack_interrupt();
+        // The device model reports from a worker thread (the handle is Send + Sync).
+        let handle = dev.borrow().device().interrupt.clone().unwrap();
+        let (triggers, generation) = (line.triggers(), dev.borrow().config_generation());
+        std::thread::spawn(move || handle.signal_needs_reset())
+            .join()
+            .unwrap();
+        let status = guest.transport.status();
+        assert!(
+            status.contains(DeviceStatus::DEVICE_NEEDS_RESET | DeviceStatus::DRIVER_OK),
+            "{version:?}: {status:?}"
+        );
+        assert_eq!(dev.borrow().status(), status);
+        assert_eq!(line.triggers(), triggers + 1);
+        assert_eq!(
+            dev.borrow().config_generation(),
+            generation,
+            "the status changed, not the configuration"
+        );
+        assert_eq!(guest.transport.ack_interrupt(), InterruptCause::CONFIG);
+        // The flag stays through later status writes until the device is reset.
+        guest.transport.write_status(status | DeviceStatus::FAILED);
+        assert_eq!(guest.transport.status(), status | DeviceStatus::FAILED);
+        let stale = dev.borrow().device().interrupt.clone().unwrap();
+        guest.transport.reset();
+        assert_eq!(guest.transport.status(), DeviceStatus::empty());
+        stale.signal_needs_reset();
+        assert_eq!(peek(&dev, regs::INTERRUPT_STATUS), 0, "stale handle");
+        guest.init(features).unwrap();
+        assert!(!guest
+            .transport
+            .status()
+            .contains(DeviceStatus::DEVICE_NEEDS_RESET));
+        guest.round_trip(2);
+    }
 }
 
 #[test]

@@ -63,6 +63,9 @@ pub struct Echo {
     pub notifications: Vec<(u16, Option<NotificationData>)>,
     pub errors: Vec<virtio_core::Error>,
     pub refuse_activation: bool,
+    /// Hands queues re-enabled after a per-queue reset back from `enable_queue` (the trait's default), so that the
+    /// VMM has to pass them on (`MmioDevice::take_reenabled_queues`).
+    pub decline_enabled_queues: bool,
     pub resets: u32,
 }
 
@@ -77,6 +80,7 @@ impl Echo {
             notifications: Vec::new(),
             errors: Vec::new(),
             refuse_activation: false,
+            decline_enabled_queues: false,
             resets: 0,
         }
     }
@@ -198,6 +202,17 @@ impl VirtioDevice for Echo {
         self.queues
             .get_mut(usize::from(queue))
             .and_then(Option::take)
+    }
+
+    fn enable_queue(
+        &mut self,
+        queue: ActiveQueue<Self::Memory>,
+    ) -> Option<ActiveQueue<Self::Memory>> {
+        if self.decline_enabled_queues {
+            return Some(queue);
+        }
+        self.adopt(queue);
+        None
     }
 }
 
