@@ -358,10 +358,11 @@ impl RingRegion {
     #[inline(always)]
     fn word<T>(&self, offset: usize) -> *mut T {
         let size = core::mem::size_of::<T>();
+        let align = core::mem::align_of::<T>();
         // The ring code computes offsets from indices reduced modulo the queue size, so this holds by construction;
         // a violation is a bug in this crate, and stopping is the only memory-safe answer.
         assert!(
-            offset % size == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len),
+            offset % align == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len),
             "ring access out of bounds: offset {offset} size {size} len {}",
             self.len
         );
@@ -372,6 +373,47 @@ impl RingRegion {
     atomic_accessors!(load_u16, store_u16, u16, AtomicU16);
     atomic_accessors!(load_u32, store_u32, u32, AtomicU32);
     atomic_accessors!(load_u64, store_u64, u64, AtomicU64);
+
+    /// Reads the 16-byte descriptor at `offset` (both ring formats: a u64, a u32, two u16), each field once and
+    /// relaxed, behind a single bounds check.
+    #[inline(always)]
+    pub(crate) fn load_descriptor(&self, offset: usize) -> (u64, u32, u16, u16) {
+        let base = self.word::<[u64; 2]>(offset).cast::<u8>();
+        // `word` checked that the 16 bytes at `offset` are inside the region and 8-aligned, so each field pointer
+        // below is in bounds and naturally aligned; see `word` for the concurrency argument.
+        let (len_ptr, third_ptr, fourth_ptr) = (
+            base.wrapping_add(8),
+            base.wrapping_add(12),
+            base.wrapping_add(14),
+        );
+        // SAFETY: bytes 0..8 of the checked descriptor, 8-aligned.
+        let addr = unsafe { AtomicU64::from_ptr(base.cast()) };
+        // SAFETY: bytes 8..12 of the checked descriptor, 4-aligned.
+        let len = unsafe { AtomicU32::from_ptr(len_ptr.cast()) };
+        // SAFETY: bytes 12..14 of the checked descriptor, 2-aligned.
+        let third = unsafe { AtomicU16::from_ptr(third_ptr.cast()) };
+        // SAFETY: bytes 14..16 of the checked descriptor, 2-aligned.
+        let fourth = unsafe { AtomicU16::from_ptr(fourth_ptr.cast()) };
+        (
+            u64::from_le(addr.load(Ordering::Relaxed)),
+            u32::from_le(len.load(Ordering::Relaxed)),
+            u16::from_le(third.load(Ordering::Relaxed)),
+            u16::from_le(fourth.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Writes two consecutive u32 (a split used element: id, len) relaxed, behind a single bounds check.
+    #[inline(always)]
+    pub(crate) fn store_u32_pair(&self, offset: usize, first: u32, second: u32) {
+        let base = self.word::<[u32; 2]>(offset).cast::<u32>();
+        let second_ptr = base.wrapping_add(1);
+        // SAFETY: `word` checked the 8 bytes at `offset` (4-aligned, as `[u32; 2]` is): the first word.
+        let low = unsafe { AtomicU32::from_ptr(base) };
+        // SAFETY: the second word of the same checked range.
+        let high = unsafe { AtomicU32::from_ptr(second_ptr) };
+        low.store(first.to_le(), Ordering::Relaxed);
+        high.store(second.to_le(), Ordering::Relaxed);
+    }
 
     /// Zeroes the whole region (used when a driver (re)initialises a ring).
     pub(crate) fn zero(&self) {

@@ -76,12 +76,12 @@ struct Desc {
 
 #[inline(always)]
 fn read_desc(table: &RingRegion, index: u16) -> Desc {
-    let base = usize::from(index) * DESC_SIZE;
+    let (addr, len, flags, next) = table.load_descriptor(usize::from(index) * DESC_SIZE);
     Desc {
-        addr: table.load_u64(base, Ordering::Relaxed),
-        len: table.load_u32(base + 8, Ordering::Relaxed),
-        flags: table.load_u16(base + 12, Ordering::Relaxed),
-        next: table.load_u16(base + 14, Ordering::Relaxed),
+        addr,
+        len,
+        flags,
+        next,
     }
 }
 
@@ -348,8 +348,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
     #[inline(always)]
     fn write_used_elem(&self, id: u16, len: u32) {
         let base = 4 + 8 * usize::from(self.next_used & (self.size - 1));
-        self.used.store_u32(base, u32::from(id), Ordering::Relaxed);
-        self.used.store_u32(base + 4, len, Ordering::Relaxed);
+        self.used.store_u32_pair(base, u32::from(id), len);
     }
 
     #[inline(always)]
