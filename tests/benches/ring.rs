@@ -136,7 +136,7 @@ fn main() {
             }
             // Every implementation gets its own memory. `VmMemory` owns its `GuestMemoryBackend` (vm-memory
             // implements the trait for the collection, not for `&_`); cloning a `GuestMemoryMmap` clones `Arc`s.
-            let vm = VmMemory(guest_memory());
+            let vm = VmMemory::new(guest_memory());
             let heap = HeapMemory::new(DeviceAddr::new(0), MEM_LEN).expect("heap memory");
             let gm = guest_memory();
             let mut samplers = vec![
@@ -478,7 +478,7 @@ fn virtio_queue_for(gm: &GuestMemoryMmap, size: u16, desc: u64, avail: u64, used
 fn device_virtio_queue(gm: &GuestMemoryMmap, chain_len: usize, timer_ns: f64) -> Sampler<'_> {
     let (config, features) = ring_config(RingFormat::Split, DEVICE_QSIZE);
     let mut driver: DriverQueue<_, u16> =
-        DriverQueue::new(&config, features, VmMemory(gm.clone()), None).expect("driver");
+        DriverQueue::new(&config, features, VmMemory::new(gm.clone()), None).expect("driver");
     driver.disable_callbacks();
     let mut queue = virtio_queue_for(
         gm,
@@ -657,7 +657,7 @@ fn payload_host(gm: &GuestMemoryMmap, slot: usize) -> *mut u64 {
 /// Our driver and our device on two threads.
 fn two_thread_ours(format: RingFormat, qsize: u16, batch: usize, total: u64, pin: bool) -> Run {
     let gm = guest_memory();
-    let vm = VmMemory(gm.clone());
+    let vm = VmMemory::new(gm.clone());
     let memory = &vm;
     let (config, features) = ring_config(format, qsize);
     let mut driver: DriverQueue<_, u16> =

@@ -267,25 +267,78 @@ unsafe impl RingMemory for OffsetMemory {
 
 /// Adapter for rust-vmm `vm-memory` guest memory (feature `vm-memory`).
 ///
-/// A range must lie inside one region. Dirty-page tracking of the guest memory's bitmap is not updated by writes
-/// made through the rings.
+/// The region table (guest range → host address) is read once at construction, so translation is a scan of a few
+/// plain entries rather than trait calls per buffer. A range must lie inside one region. Dirty-page tracking of the
+/// guest memory's bitmap is not updated by writes made through the rings. Memory hot-plug builds a new guest memory
+/// object in vm-memory; wrap the new one.
 #[cfg(feature = "vm-memory")]
 #[derive(Debug, Clone)]
-pub struct VmMemory<M>(pub M);
+pub struct VmMemory<M> {
+    memory: M,
+    regions: alloc::vec::Vec<HostRegion>,
+}
 
 #[cfg(feature = "vm-memory")]
-// SAFETY: `get_host_address` returns the mmap'ed host address of a region; both ends of the range are checked to be
-// in the same region, whose mapping lives as long as the `GuestMemoryBackend` (which `self` owns or borrows). Regions
-// of `GuestMemoryMmap` are page aligned, so host and guest addresses agree modulo 16.
+#[derive(Debug, Clone, Copy)]
+struct HostRegion {
+    start: u64,
+    len: u64,
+    host: NonNull<u8>,
+}
+
+#[cfg(feature = "vm-memory")]
+// SAFETY: the host pointers point into mappings owned by `memory` (shared, immutable for its lifetime); they are
+// only used through `translate`, under `RingMemory`'s rules.
+unsafe impl<M: Send> Send for VmMemory<M> {}
+#[cfg(feature = "vm-memory")]
+// SAFETY: as above; translation only reads the table.
+unsafe impl<M: Sync> Sync for VmMemory<M> {}
+
+#[cfg(feature = "vm-memory")]
+impl<M: vm_memory::GuestMemoryBackend> VmMemory<M> {
+    /// Wraps `memory`, recording the host address of each region that has one (regions without a host mapping are
+    /// left out, so ranges in them do not translate).
+    pub fn new(memory: M) -> Self {
+        use vm_memory::{GuestMemoryRegion, MemoryRegionAddress};
+        let regions = memory
+            .iter()
+            .filter_map(|region| {
+                let host = NonNull::new(region.get_host_address(MemoryRegionAddress(0)).ok()?)?;
+                Some(HostRegion {
+                    start: region.start_addr().0,
+                    len: region.len(),
+                    host,
+                })
+            })
+            .collect();
+        Self { memory, regions }
+    }
+
+    /// The wrapped guest memory.
+    pub fn inner(&self) -> &M {
+        &self.memory
+    }
+}
+
+#[cfg(feature = "vm-memory")]
+// SAFETY: each table entry is the host mapping of a whole region of `self.memory`, which `self` owns (or borrows for
+// its lifetime); the range is checked to lie inside one region. Regions of `GuestMemoryMmap` are mmap'ed page-aligned
+// and do not move when `self` moves, so host and guest addresses agree modulo 16.
 unsafe impl<M: vm_memory::GuestMemoryBackend> RingMemory for VmMemory<M> {
+    #[inline]
     fn translate(&self, addr: DeviceAddr, len: usize) -> Option<NonNull<u8>> {
-        use vm_memory::{Address, GuestAddress, GuestMemoryRegion};
-        let start = GuestAddress(addr.raw());
-        let last = start.checked_add(u64::try_from(len).ok()?.checked_sub(1)?)?;
-        let region = self.0.find_region(start)?;
-        let offset = region.to_region_addr(start)?;
-        region.to_region_addr(last)?;
-        NonNull::new(region.get_host_address(offset).ok()?)
+        let len = u64::try_from(len).ok().filter(|l| *l != 0)?;
+        let addr = addr.raw();
+        let region = self
+            .regions
+            .iter()
+            .find(|r| addr.wrapping_sub(r.start) < r.len)?;
+        let offset = addr - region.start;
+        if len > region.len - offset {
+            return None;
+        }
+        // SAFETY: `offset + len <= region.len`, inside the region's mapping.
+        Some(unsafe { region.host.add(usize::try_from(offset).ok()?) })
     }
 }
 

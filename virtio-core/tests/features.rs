@@ -89,7 +89,7 @@ fn vm_memory_adapter_refuses_ranges_across_regions() {
         (GuestAddress(0x1000), 0x1000),
     ])
     .unwrap();
-    let mem = VmMemory(gm.clone());
+    let mem = VmMemory::new(gm.clone());
     assert!(mem.translate(DeviceAddr::new(0x10), 0x100).is_some());
     assert!(
         mem.translate(DeviceAddr::new(0xf00), 0x100).is_some(),
