@@ -98,6 +98,19 @@ fn event_value(flags: u16, pos: u16, wrap: bool) -> u32 {
     u32::from(pos | (u16::from(wrap) << 15)) | (u32::from(flags) << 16)
 }
 
+/// Asks the peer for notifications through our event suppression structure (at `pos`/`wrap` with EVENT_IDX), then
+/// issues the full barrier that pairs with the peer's barrier between publishing its side of the ring and reading
+/// this structure: either the peer sees the request, or the caller's re-check sees the peer's work.
+fn request_events(area: &RingRegion, event_idx: bool, pos: u16, wrap: bool) {
+    let value = if event_idx {
+        event_value(PACKED_EVENT_FLAG_DESC, pos, wrap)
+    } else {
+        event_value(PACKED_EVENT_FLAG_ENABLE, 0, false)
+    };
+    area.store_u32(0, value, Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+}
+
 /// The device side of a packed virtqueue.
 #[derive(Debug)]
 pub struct PackedDeviceQueue<M> {
@@ -407,14 +420,13 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
-        let value = if self.features.event_idx {
-            event_value(PACKED_EVENT_FLAG_DESC, self.next_avail, self.avail_wrap)
-        } else {
-            event_value(PACKED_EVENT_FLAG_ENABLE, 0, false)
-        };
-        self.device_event.store_u32(0, value, Ordering::Relaxed);
-        // Pairs with the driver's barrier in `kick_prepare` between publishing descriptors and reading this.
-        fence(Ordering::SeqCst);
+        // The barrier pairs with the driver's in `kick_prepare`.
+        request_events(
+            &self.device_event,
+            self.features.event_idx,
+            self.next_avail,
+            self.avail_wrap,
+        );
         Ok(is_available(
             self.flags_at(self.next_avail, Ordering::Acquire),
             self.avail_wrap,
@@ -776,14 +788,13 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
     /// Requests interrupts again. Returns `false` if used buffers arrived meanwhile.
     pub fn enable_callbacks(&mut self) -> bool {
         self.callbacks = true;
-        let value = if self.features.event_idx {
-            event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap)
-        } else {
-            event_value(PACKED_EVENT_FLAG_ENABLE, 0, false)
-        };
-        self.driver_event.store_u32(0, value, Ordering::Relaxed);
-        // Pairs with the device's barrier in `needs_notification`.
-        fence(Ordering::SeqCst);
+        // The barrier pairs with the device's in `needs_notification`.
+        request_events(
+            &self.driver_event,
+            self.features.event_idx,
+            self.last_used,
+            self.used_wrap,
+        );
         !self.has_used()
     }
 
