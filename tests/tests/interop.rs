@@ -332,7 +332,8 @@ mod vmm {
             });
             assert!(BUF_BASE + u64::from(size) * SLOT_STRIDE <= GUEST_MEM_LEN as u64);
             // `GuestMemoryMmap` clones share the same mappings: both peers see one memory.
-            let driver = Driver::new(&config, features, VmMemory::new(gm.clone()), indirect).unwrap();
+            let driver =
+                Driver::new(&config, features, VmMemory::new(gm.clone()), indirect).unwrap();
 
             let mut queue = Queue::new(size).unwrap();
             configure_device(&mut queue, &gm, &config, features);

@@ -80,7 +80,10 @@ pub trait VirtioDevice {
 
     /// Re-enables a queue after a per-queue reset, while the device stays live. Returns the queue back if the
     /// device does not take it (the default).
-    fn enable_queue(&mut self, queue: ActiveQueue<Self::Memory>) -> Option<ActiveQueue<Self::Memory>> {
+    fn enable_queue(
+        &mut self,
+        queue: ActiveQueue<Self::Memory>,
+    ) -> Option<ActiveQueue<Self::Memory>> {
         Some(queue)
     }
 }
