@@ -3,7 +3,7 @@
 //!
 //! - [`wire`]: `virtio_net_hdr` (10, 12 and 20-byte forms), configuration space, control commands, feature bits
 //!   (virtio 1.3 §5.1), as checked byte views.
-//! - [`backend`]: the non-blocking backend trait; [`pair`] (feature `std`): an in-memory backend, two ends back to
+//! - [`backend`]: the non-blocking backend trait; `pair` (feature `std`): an in-memory backend, two ends back to
 //!   back or a loopback.
 //! - [`device`]: `NetDevice`, a [`virtio_core::device::VirtioDevice`] that any transport can present.
 //! - [`driver`]: `NetDriver`, over any [`virtio_core::transport::Transport`].

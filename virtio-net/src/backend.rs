@@ -1,0 +1,119 @@
+//! The host side of a network device: where TX frames go and RX frames come from.
+//!
+//! A [`NetBackend`] is non-blocking. It sees frames prefixed by the virtio-net header in the form it asked for
+//! ([`NetBackend::vnet_header_len`]): 0 for bare Ethernet frames (libslirp, a packet socket), 10 or 12 for a tap
+//! opened with `IFF_VNET_HDR` (after `TUNSETVNETHDRSZ`). Multiqueue backends (a multiqueue tap: one fd per queue)
+//! get the queue pair index with every call; single-queue backends report [`queue_pairs`](NetBackend::queue_pairs)
+//! = 1 and the device then never uses more pairs than that for traffic.
+
+use virtio_core::Features;
+
+use crate::wire::feature;
+
+/// A backend failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// An OS error (an `errno` value).
+    #[error("backend I/O error (errno {0})")]
+    Io(i32),
+    /// The peer went away.
+    #[error("backend peer disconnected")]
+    Disconnected,
+    /// The frame does not fit the backend's frame slots.
+    #[error("frame of {len} bytes does not fit the backend (at most {max})")]
+    TooLarge {
+        /// Bytes offered.
+        len: usize,
+        /// The backend's limit.
+        max: usize,
+    },
+    /// The backend cannot do what was asked (an offload it does not support, a queue pair it lacks).
+    #[error("backend does not support this operation")]
+    Unsupported,
+}
+
+/// What a send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    /// The frame was taken.
+    Sent,
+    /// The backend is full (`EAGAIN`): keep the frame and retry when it is ready again.
+    WouldBlock,
+}
+
+/// Receive offloads the driver accepted (virtio 1.3 §5.1.6.4, and GUEST_OFFLOADS_SET), in feature-bit terms: the
+/// backend may hand the device frames that need them. A tap backend maps them to `TUNSETOFFLOAD` (`TUN_F_CSUM`,
+/// `TUN_F_TSO4`, `TUN_F_TSO6`, `TUN_F_TSO_ECN`, `TUN_F_UFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads(Features);
+
+impl Offloads {
+    /// The receive-offload bits of `features` (others are dropped).
+    pub fn from_features(features: Features) -> Self {
+        Self(features & feature::GUEST_OFFLOADS)
+    }
+
+    /// The bits.
+    pub fn features(&self) -> Features {
+        self.0
+    }
+
+    /// Whether partially checksummed frames may be delivered (GUEST_CSUM).
+    pub fn csum(&self) -> bool {
+        self.0.intersects(feature::GUEST_CSUM)
+    }
+
+    /// Whether TSOv4 frames may be delivered.
+    pub fn tso4(&self) -> bool {
+        self.0.intersects(feature::GUEST_TSO4)
+    }
+
+    /// Whether TSOv6 frames may be delivered.
+    pub fn tso6(&self) -> bool {
+        self.0.intersects(feature::GUEST_TSO6)
+    }
+
+    /// Whether TSO frames with ECN may be delivered.
+    pub fn ecn(&self) -> bool {
+        self.0.intersects(feature::GUEST_ECN)
+    }
+
+    /// Whether UFO frames may be delivered.
+    pub fn ufo(&self) -> bool {
+        self.0.intersects(feature::GUEST_UFO)
+    }
+}
+
+/// A non-blocking packet backend for [`NetDevice`](crate::device::NetDevice).
+pub trait NetBackend {
+    /// Bytes of virtio-net header the backend exchanges in front of each frame: 0 (bare frames), 10 or 12.
+    fn vnet_header_len(&self) -> usize;
+
+    /// Queue pairs the backend can serve (a multiqueue tap: its number of fds). At least 1.
+    fn queue_pairs(&self) -> u16 {
+        1
+    }
+
+    /// Sends one frame on `pair`, given as a gather list: the header of [`vnet_header_len`](Self::vnet_header_len)
+    /// bytes (if any) and then the frame, possibly in several pieces.
+    fn send(&mut self, pair: u16, frame: &[&[u8]]) -> Result<SendStatus, BackendError>;
+
+    /// Receives one frame of `pair` (header of `vnet_header_len` bytes, then the frame) into `buf`; returns its
+    /// length, or `Ok(None)` when nothing is pending. A frame longer than `buf` is an error
+    /// ([`BackendError::TooLarge`]) and is consumed.
+    fn recv(&mut self, pair: u16, buf: &mut [u8]) -> Result<Option<usize>, BackendError>;
+
+    /// The receive offloads the driver acked (at activation and on GUEST_OFFLOADS_SET).
+    fn set_offloads(&mut self, offloads: Offloads) -> Result<(), BackendError> {
+        let _ = offloads;
+        Ok(())
+    }
+
+    /// A file descriptor that becomes readable when `pair` has frames to receive (for an epoll loop), if the
+    /// backend has one.
+    fn readiness_fd(&self, pair: u16) -> Option<i32> {
+        let _ = pair;
+        None
+    }
+}

@@ -1,0 +1,666 @@
+//! The driver: [`NetDriver`] runs a virtio network device over any [`Transport`] (virtio 1.3 §5.1.5, §5.1.6).
+//!
+//! Ring memory and packet buffers are carved out of a caller-provided [`DmaRegion`] inside the caller's
+//! [`RingMemory`] (a VFIO DMA mapping, a guest's identity-mapped pool, a test heap). Receive buffers are posted
+//! once and re-posted as frames are taken; transmit slots are recycled when the device returns them. Nothing is
+//! allocated per packet.
+//!
+//! Two receive modes: **mergeable** (VIRTIO_NET_F_MRG_RXBUF: small buffers of
+//! [`NetDriverConfig::rx_buffer_len`], a frame spans `num_buffers` of them) and **big packets** (one buffer of
+//! header + [`MAX_FRAME_LEN`] per chain).
+
+use alloc::vec::Vec;
+
+use virtio_core::transport::Transport;
+use virtio_core::{
+    Buffer, DeviceAddr, DeviceSlice, DriverQueue, Features, QueueConfig, RingFormat, RingLayout,
+    RingMemory,
+};
+
+use crate::error::{NetError, Result};
+use crate::wire::{self, feature, status, ConfigRepr, CtrlCommand, HeaderLen, HeaderRepr};
+use crate::MAX_FRAME_LEN;
+
+/// A device-visible range of the caller's memory the driver may use for rings and buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaRegion {
+    /// Device address of the first byte.
+    pub base: DeviceAddr,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// How to set the driver up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetDriverConfig {
+    /// Features the driver accepts if offered (device bits, ring bits, VERSION_1).
+    pub supported: Features,
+    /// Queue pairs wanted (capped at what the device offers).
+    pub queue_pairs: u16,
+    /// Entries per queue (capped at the device's maximum; a power of two for split rings).
+    pub queue_size: u16,
+    /// Bytes per receive buffer in mergeable mode.
+    pub rx_buffer_len: u32,
+}
+
+impl NetDriverConfig {
+    /// Accepts everything this crate implements, one queue pair of 64 entries, 2 KiB mergeable buffers.
+    pub fn new() -> Self {
+        Self {
+            supported: Self::all_features(),
+            queue_pairs: 1,
+            queue_size: 64,
+            rx_buffer_len: 2048,
+        }
+    }
+
+    /// Every bit the driver knows how to use.
+    pub fn all_features() -> Features {
+        Features::VERSION_1
+            | Features::EVENT_IDX
+            | Features::INDIRECT_DESC
+            | Features::RING_PACKED
+            | Features::IN_ORDER
+            | Features::NOTIFICATION_DATA
+            | feature::CSUM
+            | feature::GUEST_CSUM
+            | feature::CTRL_GUEST_OFFLOADS
+            | feature::MTU
+            | feature::MAC
+            | feature::GUEST_TSO4
+            | feature::GUEST_TSO6
+            | feature::GUEST_ECN
+            | feature::GUEST_UFO
+            | feature::HOST_TSO4
+            | feature::HOST_TSO6
+            | feature::HOST_ECN
+            | feature::HOST_UFO
+            | feature::MRG_RXBUF
+            | feature::STATUS
+            | feature::CTRL_VQ
+            | feature::CTRL_RX
+            | feature::CTRL_VLAN
+            | feature::CTRL_RX_EXTRA
+            | feature::GUEST_ANNOUNCE
+            | feature::MQ
+            | feature::CTRL_MAC_ADDR
+            | feature::SPEED_DUPLEX
+    }
+
+    /// Sets the accepted features.
+    pub fn supported(mut self, features: Features) -> Self {
+        self.supported = features;
+        self
+    }
+
+    /// Sets the queue pairs wanted.
+    pub fn queue_pairs(mut self, pairs: u16) -> Self {
+        self.queue_pairs = pairs.max(1);
+        self
+    }
+
+    /// Sets the queue size.
+    pub fn queue_size(mut self, size: u16) -> Self {
+        self.queue_size = size;
+        self
+    }
+
+    /// Sets the mergeable receive buffer size.
+    pub fn rx_buffer_len(mut self, len: u32) -> Self {
+        self.rx_buffer_len = len;
+        self
+    }
+}
+
+impl Default for NetDriverConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const PAGE: u64 = 4096;
+const CTRL_BUF_LEN: usize = 1024;
+const CTRL_ACK_OFFSET: usize = 1016;
+/// Polls of the used ring before a control command is declared lost.
+const CTRL_SPIN_LIMIT: u32 = 1 << 24;
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+#[derive(Debug)]
+struct DriverPair<M> {
+    rx: DriverQueue<M, u16>,
+    rx_base: DeviceAddr,
+    rx_buf_len: u32,
+    tx: DriverQueue<M, u16>,
+    tx_base: DeviceAddr,
+    tx_slot_len: u32,
+    tx_free: Vec<u16>,
+}
+
+#[derive(Debug)]
+struct CtrlQueue<M> {
+    queue: DriverQueue<M, u16>,
+    base: DeviceAddr,
+}
+
+/// A virtio-net driver over transport `T`, with rings and buffers in memory `M`.
+#[derive(Debug)]
+pub struct NetDriver<T, M> {
+    transport: T,
+    memory: M,
+    features: Features,
+    header_len: HeaderLen,
+    pairs: Vec<DriverPair<M>>,
+    ctrl: Option<CtrlQueue<M>>,
+    ctrl_index: u16,
+    active_pairs: u16,
+    max_pairs: u16,
+}
+
+struct Carver {
+    cursor: u64,
+    end: u64,
+}
+
+impl Carver {
+    fn take(&mut self, len: u64) -> Result<DeviceAddr> {
+        let at = round_up(self.cursor, PAGE);
+        let next = at.checked_add(len).ok_or(NetError::InvalidArgument)?;
+        if next > self.end {
+            return Err(NetError::DmaTooSmall {
+                have: usize::try_from(self.end).unwrap_or(usize::MAX),
+                needed: usize::try_from(next).unwrap_or(usize::MAX),
+            });
+        }
+        self.cursor = next;
+        Ok(DeviceAddr::new(at))
+    }
+}
+
+fn ring_err(queue: u16) -> impl Fn(virtio_core::Error) -> NetError {
+    move |source| NetError::Ring { queue, source }
+}
+
+impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
+    /// Initialises the device (§3.1.1) and sets up queues and buffers in `region`.
+    pub fn new(
+        transport: T,
+        memory: M,
+        region: DmaRegion,
+        config: NetDriverConfig,
+    ) -> Result<Self> {
+        Self::with_setup(transport, memory, region, config, |_, _| Ok(()))
+    }
+
+    /// As [`new`](Self::new), running `before_queues(transport, queue count)` after feature negotiation and before
+    /// the queues are set up: the place for transport-specific steps such as `PciTransport::setup_interrupts`.
+    pub fn with_setup(
+        mut transport: T,
+        memory: M,
+        region: DmaRegion,
+        config: NetDriverConfig,
+        before_queues: impl FnOnce(&mut T, u16) -> Result<()>,
+    ) -> Result<Self> {
+        let features = transport.begin_init(config.supported, Features::empty())?;
+        let header_len = HeaderLen::for_features(features);
+        let mut bytes = [0u8; 24];
+        let config_len = ConfigRepr::len_for(features);
+        transport.read_config_consistent(0, bytes.get_mut(..config_len).unwrap_or(&mut []))?;
+        let device_config = ConfigRepr::parse(&bytes, features)?;
+        let max_pairs = if features.contains(feature::MQ) {
+            device_config.max_virtqueue_pairs.max(1)
+        } else {
+            1
+        };
+        let pairs = config.queue_pairs.clamp(1, max_pairs);
+        let has_ctrl = features.contains(feature::CTRL_VQ);
+        let ctrl_index = max_pairs.saturating_mul(2);
+        before_queues(&mut transport, pairs * 2 + u16::from(has_ctrl))?;
+
+        let mut carver = Carver {
+            cursor: region.base.raw(),
+            end: region
+                .base
+                .raw()
+                .saturating_add(u64::try_from(region.len).unwrap_or(u64::MAX)),
+        };
+        let mergeable = features.contains(feature::MRG_RXBUF);
+        let hl = u32::try_from(header_len.bytes()).unwrap_or(20);
+        let big =
+            u32::try_from(round_up(u64::from(hl) + MAX_FRAME_LEN as u64, 16)).unwrap_or(u32::MAX);
+        let rx_buf_len = if mergeable {
+            config.rx_buffer_len.max(hl + 1)
+        } else {
+            big
+        };
+        let queue =
+            |transport: &mut T, index: u16, carver: &mut Carver| -> Result<DriverQueue<M, u16>> {
+                let max = transport.max_queue_size(index);
+                let mut size = config.queue_size.min(max);
+                if !features.contains(Features::RING_PACKED) && !size.is_power_of_two() {
+                    size = size.checked_next_power_of_two().map_or(0, |p| p / 2);
+                }
+                if size == 0 {
+                    return Err(NetError::QueueNotActive(index));
+                }
+                let (qc, len) = if features.contains(Features::VERSION_1) {
+                    let layout = RingLayout::new(
+                        if features.contains(Features::RING_PACKED) {
+                            RingFormat::Packed
+                        } else {
+                            RingFormat::Split
+                        },
+                        size,
+                    );
+                    let len = layout.total_len();
+                    let base = carver.take(len as u64)?;
+                    (QueueConfig::with_layout(max, &layout, base), len)
+                } else {
+                    let len = RingLayout::new(RingFormat::Split, size).legacy_total_len(PAGE);
+                    let base = carver.take(len as u64)?;
+                    (QueueConfig::legacy(max, size, base, PAGE), len)
+                };
+                let qc = qc.ok_or(NetError::DmaTooSmall {
+                    have: region.len,
+                    needed: len,
+                })?;
+                let q = DriverQueue::new(&qc, features, memory.clone(), None)
+                    .map_err(ring_err(index))?;
+                transport.setup_queue(index, &qc).map_err(ring_err(index))?;
+                Ok(q)
+            };
+        let mut out_pairs = Vec::with_capacity(usize::from(pairs));
+        for p in 0..pairs {
+            let rx = queue(&mut transport, 2 * p, &mut carver)?;
+            let rx_base = carver.take(u64::from(rx.size()) * u64::from(rx_buf_len))?;
+            let tx = queue(&mut transport, 2 * p + 1, &mut carver)?;
+            let tx_base = carver.take(u64::from(tx.size()) * u64::from(big))?;
+            let tx_free = (0..tx.size()).rev().collect();
+            out_pairs.push(DriverPair {
+                rx,
+                rx_base,
+                rx_buf_len,
+                tx,
+                tx_base,
+                tx_slot_len: big,
+                tx_free,
+            });
+        }
+        let ctrl = if has_ctrl {
+            let q = queue(&mut transport, ctrl_index, &mut carver)?;
+            let base = carver.take(CTRL_BUF_LEN as u64)?;
+            Some(CtrlQueue { queue: q, base })
+        } else {
+            None
+        };
+        let mut driver = Self {
+            transport,
+            memory,
+            features,
+            header_len,
+            pairs: out_pairs,
+            ctrl,
+            ctrl_index,
+            active_pairs: 1,
+            max_pairs,
+        };
+        for p in 0..pairs {
+            driver.post_all_rx(p)?;
+        }
+        driver.transport.finish_init();
+        for p in 0..pairs {
+            driver.kick(2 * p);
+        }
+        if pairs > 1 {
+            driver.set_queue_pairs(pairs)?;
+        }
+        Ok(driver)
+    }
+
+    fn post_all_rx(&mut self, pair: u16) -> Result<()> {
+        let queue = 2 * pair;
+        let p = self
+            .pairs
+            .get_mut(usize::from(pair))
+            .ok_or(NetError::QueueNotActive(queue))?;
+        for i in 0..p.rx.size() {
+            let addr = DeviceAddr::new(p.rx_base.raw() + u64::from(i) * u64::from(p.rx_buf_len));
+            p.rx.add(&[], &[Buffer::new(addr, p.rx_buf_len)], i)
+                .map_err(ring_err(queue))?;
+        }
+        Ok(())
+    }
+
+    /// Notifies `queue` if the device wants it.
+    fn kick(&mut self, queue: u16) {
+        let nd = self.features.contains(Features::NOTIFICATION_DATA);
+        let q = if queue == self.ctrl_index {
+            self.ctrl.as_mut().map(|c| &mut c.queue)
+        } else {
+            self.pairs.get_mut(usize::from(queue / 2)).map(|p| {
+                if queue % 2 == 0 {
+                    &mut p.rx
+                } else {
+                    &mut p.tx
+                }
+            })
+        };
+        if let Some(q) = q {
+            if q.kick_prepare() {
+                let value = if nd {
+                    q.notification_data(queue).to_u32()
+                } else {
+                    u32::from(queue)
+                };
+                self.transport.notify(queue, value);
+            }
+        }
+    }
+
+    /// The negotiated features.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// The header form in use.
+    pub fn header_len(&self) -> HeaderLen {
+        self.header_len
+    }
+
+    /// The transport.
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The memory.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Queue pairs set up.
+    pub fn queue_pairs(&self) -> u16 {
+        u16::try_from(self.pairs.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Queue pairs the device steers traffic to (VQ_PAIRS_SET).
+    pub fn active_pairs(&self) -> u16 {
+        self.active_pairs
+    }
+
+    /// The device configuration, read consistently.
+    pub fn read_config(&mut self) -> Result<ConfigRepr> {
+        let mut bytes = [0u8; 24];
+        let len = ConfigRepr::len_for(self.features);
+        self.transport
+            .read_config_consistent(0, bytes.get_mut(..len).unwrap_or(&mut []))?;
+        Ok(ConfigRepr::parse(&bytes, self.features)?)
+    }
+
+    /// The MAC address (VIRTIO_NET_F_MAC), or `None` if the device has none.
+    pub fn mac(&mut self) -> Result<Option<[u8; 6]>> {
+        if !self.features.contains(feature::MAC) {
+            return Ok(None);
+        }
+        Ok(Some(self.read_config()?.mac))
+    }
+
+    /// Whether the link is up (always true without VIRTIO_NET_F_STATUS, §5.1.4.2).
+    pub fn link_up(&mut self) -> Result<bool> {
+        Ok(self.read_config()?.status & status::LINK_UP != 0)
+    }
+
+    /// Call on a configuration-change interrupt: re-reads the configuration and acks an announce request
+    /// (GUEST_ANNOUNCE). Returns the new configuration.
+    pub fn handle_config_change(&mut self) -> Result<ConfigRepr> {
+        let config = self.read_config()?;
+        if config.status & status::ANNOUNCE != 0 && self.features.contains(feature::GUEST_ANNOUNCE)
+        {
+            self.command(&CtrlCommand::AnnounceAck)?;
+        }
+        Ok(config)
+    }
+
+    /// Returns completed transmit slots of `pair` to the free list; returns how many.
+    pub fn reclaim_tx(&mut self, pair: u16) -> Result<usize> {
+        let queue = 2 * pair + 1;
+        let p = self
+            .pairs
+            .get_mut(usize::from(pair))
+            .ok_or(NetError::QueueNotActive(queue))?;
+        let mut n = 0;
+        while let Some(used) = p.tx.pop_used().map_err(ring_err(queue))? {
+            p.tx_free.push(used.token);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Sends `frame` on `pair` with the offload requests of `header` (checksum, GSO; `num_buffers` is ignored).
+    pub fn send(&mut self, pair: u16, frame: &[u8], header: &HeaderRepr) -> Result<()> {
+        let queue = 2 * pair + 1;
+        if frame.len() > MAX_FRAME_LEN {
+            return Err(NetError::FrameTooLarge {
+                len: frame.len(),
+                max: MAX_FRAME_LEN,
+            });
+        }
+        self.reclaim_tx(pair)?;
+        let hl = self.header_len.bytes();
+        let p = self
+            .pairs
+            .get_mut(usize::from(pair))
+            .ok_or(NetError::QueueNotActive(queue))?;
+        let slot = p.tx_free.pop().ok_or(NetError::QueueFull)?;
+        let addr = DeviceAddr::new(p.tx_base.raw() + u64::from(slot) * u64::from(p.tx_slot_len));
+        let total = hl + frame.len();
+        let mut h = *header;
+        h.num_buffers = 0;
+        let bytes = h.to_bytes(self.header_len);
+        let Some(slice) = DeviceSlice::new(&self.memory, addr, total) else {
+            p.tx_free.push(slot);
+            return Err(NetError::QueueNotActive(queue));
+        };
+        slice.write_at(0, bytes.get(..hl).unwrap_or(&[]));
+        slice.write_at(hl, frame);
+        let len = u32::try_from(total).unwrap_or(u32::MAX);
+        if let Err(e) = p.tx.add(&[Buffer::new(addr, len)], &[], slot) {
+            p.tx_free.push(slot);
+            return Err(ring_err(queue)(e));
+        }
+        self.kick(queue);
+        Ok(())
+    }
+
+    /// Takes the next received frame of `pair` into `buf`: returns its header and length, or `None`. The buffers
+    /// are re-posted. A frame longer than `buf` is consumed and reported as [`NetError::FrameTooLarge`].
+    pub fn receive(&mut self, pair: u16, buf: &mut [u8]) -> Result<Option<(HeaderRepr, usize)>> {
+        let queue = 2 * pair;
+        let hl = self.header_len.bytes();
+        let mergeable = self.features.contains(feature::MRG_RXBUF);
+        let memory = &self.memory;
+        let p = self
+            .pairs
+            .get_mut(usize::from(pair))
+            .ok_or(NetError::QueueNotActive(queue))?;
+        let Some(first) = p.rx.pop_used().map_err(ring_err(queue))? else {
+            return Ok(None);
+        };
+        let addr_of =
+            |i: u16| DeviceAddr::new(p.rx_base.raw() + u64::from(i) * u64::from(p.rx_buf_len));
+        let read = |i: u16, offset: usize, dst: &mut [u8]| {
+            if let Some(s) = DeviceSlice::new(memory, addr_of(i), offset + dst.len()) {
+                s.read_at(offset, dst);
+            }
+        };
+        let mut fault = first.len < u32::try_from(hl).unwrap_or(u32::MAX);
+        let mut hbytes = [0u8; 20];
+        let mut header = HeaderRepr::new();
+        let mut total = 0usize;
+        let mut too_large = false;
+        if !fault {
+            read(first.token, 0, hbytes.get_mut(..hl).unwrap_or(&mut []));
+            header = HeaderRepr::parse(&wire::Header::new_unchecked(
+                hbytes.get(..hl).unwrap_or(&[]),
+            ));
+            let n = first.len as usize - hl;
+            match buf.get_mut(..n) {
+                Some(dst) => read(first.token, hl, dst),
+                None => too_large = true,
+            }
+            total = n;
+        }
+        let mut tokens = [first.token; 1];
+        let rx_buf_len = p.rx_buf_len;
+        let repost = |q: &mut DriverQueue<M, u16>, i: u16| {
+            q.add(&[], &[Buffer::new(addr_of(i), rx_buf_len)], i)
+        };
+        repost(&mut p.rx, tokens[0]).map_err(ring_err(queue))?;
+        let count = if mergeable && !fault {
+            header.num_buffers
+        } else {
+            1
+        };
+        if count == 0 {
+            fault = true;
+        }
+        for _ in 1..count {
+            let Some(next) = p.rx.pop_used().map_err(ring_err(queue))? else {
+                fault = true;
+                break;
+            };
+            tokens[0] = next.token;
+            let n = next.len as usize;
+            match buf.get_mut(total..total + n) {
+                Some(dst) if !too_large => read(next.token, 0, dst),
+                _ => too_large = true,
+            }
+            total += n;
+            repost(&mut p.rx, next.token).map_err(ring_err(queue))?;
+        }
+        self.kick(queue);
+        if fault {
+            return Err(NetError::DeviceFault { queue });
+        }
+        if too_large {
+            return Err(NetError::FrameTooLarge {
+                len: total,
+                max: buf.len(),
+            });
+        }
+        Ok(Some((header, total)))
+    }
+
+    /// Sends a control command and waits for the device's ack.
+    pub fn command(&mut self, command: &CtrlCommand<'_>) -> Result<()> {
+        let (class, cmd) = command.class_command();
+        if !self.features.contains(command.required_feature()) {
+            return Err(NetError::CtrlRefused {
+                class,
+                command: cmd,
+            });
+        }
+        let mut buf = [0u8; crate::device::CTRL_MAX_REQUEST];
+        let n = command.emit(&mut buf)?;
+        let ack = self.command_raw(buf.get(..n).unwrap_or(&[]))?;
+        if ack == wire::ctrl::OK {
+            if let CtrlCommand::MqVqPairsSet(p) = command {
+                self.active_pairs = *p;
+            }
+            Ok(())
+        } else {
+            Err(NetError::CtrlRefused {
+                class,
+                command: cmd,
+            })
+        }
+    }
+
+    /// Sends raw control-request bytes (class, command, payload) and returns the ack byte (for tests and
+    /// commands this crate does not model).
+    pub fn command_raw(&mut self, request: &[u8]) -> Result<u8> {
+        let queue = self.ctrl_index;
+        let ctrl = self.ctrl.as_mut().ok_or(NetError::QueueNotActive(queue))?;
+        let len = request.len().min(CTRL_ACK_OFFSET);
+        let req = DeviceSlice::new(&self.memory, ctrl.base, CTRL_BUF_LEN)
+            .ok_or(NetError::QueueNotActive(queue))?;
+        req.write_at(0, request.get(..len).unwrap_or(&[]));
+        req.write_at(CTRL_ACK_OFFSET, &[0xff]);
+        let ack_addr = DeviceAddr::new(ctrl.base.raw() + CTRL_ACK_OFFSET as u64);
+        let readable = [Buffer::new(ctrl.base, u32::try_from(len).unwrap_or(0))];
+        let readable = if len == 0 {
+            &readable[..0]
+        } else {
+            &readable[..]
+        };
+        ctrl.queue
+            .add(readable, &[Buffer::new(ack_addr, 1)], 0)
+            .map_err(ring_err(queue))?;
+        self.kick(queue);
+        let ctrl = self.ctrl.as_mut().ok_or(NetError::QueueNotActive(queue))?;
+        let req = DeviceSlice::new(&self.memory, ctrl.base, CTRL_BUF_LEN)
+            .ok_or(NetError::QueueNotActive(queue))?;
+        for _ in 0..CTRL_SPIN_LIMIT {
+            if let Some(used) = ctrl.queue.pop_used().map_err(ring_err(queue))? {
+                let mut ack = [wire::ctrl::ERR];
+                if used.len >= 1 {
+                    req.read_at(CTRL_ACK_OFFSET, &mut ack);
+                }
+                return Ok(ack[0]);
+            }
+            core::hint::spin_loop();
+        }
+        Err(NetError::CtrlTimeout)
+    }
+
+    /// Steers traffic over `pairs` queue pairs (VIRTIO_NET_F_MQ).
+    pub fn set_queue_pairs(&mut self, pairs: u16) -> Result<()> {
+        if pairs == 0 || pairs > self.queue_pairs() || pairs > self.max_pairs {
+            return Err(NetError::InvalidArgument);
+        }
+        self.command(&CtrlCommand::MqVqPairsSet(pairs))
+    }
+
+    /// Index of the receive queue of `pair`.
+    pub fn rx_queue(pair: u16) -> u16 {
+        2 * pair
+    }
+
+    /// Index of the transmit queue of `pair`.
+    pub fn tx_queue(pair: u16) -> u16 {
+        2 * pair + 1
+    }
+
+    /// Index of the control queue.
+    pub fn ctrl_queue(&self) -> Option<u16> {
+        self.ctrl.as_ref().map(|_| self.ctrl_index)
+    }
+
+    fn queue_mut(&mut self, queue: u16) -> Option<&mut DriverQueue<M, u16>> {
+        if queue == self.ctrl_index {
+            return self.ctrl.as_mut().map(|c| &mut c.queue);
+        }
+        let p = self.pairs.get_mut(usize::from(queue / 2))?;
+        Some(if queue % 2 == 0 { &mut p.rx } else { &mut p.tx })
+    }
+
+    /// Whether `queue` has used buffers (the `has_used` of an interrupt handler's
+    /// [`InterruptDispatch`](virtio_core::transport::InterruptDispatch)).
+    pub fn has_used(&mut self, queue: u16) -> bool {
+        self.queue_mut(queue).is_some_and(|q| q.has_used())
+    }
+
+    /// Re-enables interrupts of `queue`; `false` if used buffers arrived meanwhile (poll again).
+    pub fn enable_interrupts(&mut self, queue: u16) -> bool {
+        self.queue_mut(queue).is_none_or(|q| q.enable_callbacks())
+    }
+
+    /// Suppresses interrupts of `queue` (polling mode).
+    pub fn disable_interrupts(&mut self, queue: u16) {
+        if let Some(q) = self.queue_mut(queue) {
+            q.disable_callbacks();
+        }
+    }
+}
