@@ -4,7 +4,8 @@
 //! - [`wire`]: `virtio_net_hdr` (10, 12 and 20-byte forms), configuration space, control commands, feature bits
 //!   (virtio 1.3 §5.1), as checked byte views.
 //! - [`backend`]: the non-blocking backend trait; `pair` (feature `std`): an in-memory backend, two ends back to
-//!   back or a loopback.
+//!   back or a loopback; `tap` (feature `tap`, Linux): a tap device with virtio-net headers and offloads;
+//!   `slirp` (feature `slirp`): user-mode NAT through libslirp, like QEMU's `-netdev user`.
 //! - [`device`]: `NetDevice`, a [`virtio_core::device::VirtioDevice`] that any transport can present.
 //! - [`driver`]: `NetDriver`, over any [`virtio_core::transport::Transport`].
 //!
@@ -36,6 +37,10 @@ pub mod driver;
 mod error;
 #[cfg(feature = "std")]
 pub mod pair;
+#[cfg(feature = "slirp")]
+pub mod slirp;
+#[cfg(all(feature = "tap", target_os = "linux"))]
+pub mod tap;
 pub mod wire;
 
 pub use error::{DropReason, NetCounters, NetError, Result};
