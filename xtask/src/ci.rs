@@ -7,7 +7,7 @@
 //! | `fmt`     | `cargo fmt --all -- --check` (also nostd-proof and fuzz targets)      |
 //! | `clippy`  | `-D warnings` over the feature sets in [`CLIPPY`], plus nostd-proof   |
 //! | `doc`     | `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features` |
-//! | `test`    | `cargo test --workspace --all-features`, then the heavy tiers of `virtio-core` and `virtio-sdk-tests` in release with `--include-ignored` |
+//! | `test`    | `cargo test --workspace --all-features`, then the heavy tiers of `virtio-core`, `virtio-net` and `virtio-sdk-tests` in release with `--include-ignored` |
 //! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF |
 //! | `package` | `cargo package --no-verify --allow-dirty` of the crates in [`PUBLISHABLE`] |
 //! | `fuzz`    | every `cargo +nightly fuzz list` target for `$FUZZ_SECONDS` s (default 20) |
@@ -100,7 +100,7 @@ const PUBLISHABLE: &[&str] = &[
 ];
 
 /// Crates whose `#[ignore]`d tests are the heavy tiers, run in release mode.
-const HEAVY_TEST_CRATES: &[&str] = &["virtio-core", "virtio-sdk-tests"];
+const HEAVY_TEST_CRATES: &[&str] = &["virtio-core", "virtio-net", "virtio-sdk-tests"];
 
 /// Default seconds per fuzz target; override with `FUZZ_SECONDS`.
 const DEFAULT_FUZZ_SECONDS: u64 = 20;
@@ -257,27 +257,53 @@ fn install(_: &Ctx) -> Result<(), String> {
         }
     }
 
-    // System tools: nm (nostd step), the C compiler/linker, and a C++ compiler
-    // (libfuzzer-sys builds libFuzzer from source).
-    let tools: &[(&str, &str)] = &[("nm", "binutils"), ("cc", "gcc"), ("c++", "g++")];
-    let missing: Vec<(&str, &str)> = tools
+    // System tools and libraries, each with the check that proves it is there and the Debian package that
+    // provides it: nm (nostd step), the C and C++ compilers (libFuzzer is built from source), pkg-config with
+    // libslirp and glib (virtio-net's `slirp` feature, built by `--all-features`), and ip/ping (the real Linux
+    // peer test through a network namespace).
+    let checks: &[(&str, &[&str], &str)] = &[
+        ("nm", &["nm", "--version"], "binutils"),
+        ("cc", &["cc", "--version"], "gcc"),
+        ("c++", &["c++", "--version"], "g++"),
+        ("pkg-config", &["pkg-config", "--version"], "pkg-config"),
+        (
+            "libslirp",
+            &["pkg-config", "--exists", "slirp"],
+            "libslirp-dev",
+        ),
+        (
+            "glib",
+            &["pkg-config", "--exists", "glib-2.0"],
+            "libglib2.0-dev",
+        ),
+        ("ip", &["ip", "-V"], "iproute2"),
+        ("ping", &["ping", "-V"], "iputils-ping"),
+    ];
+    let present = |argv: &[&str]| {
+        argv.split_first()
+            .is_some_and(|(program, args)| cmd::succeeds(Command::new(program).args(args)))
+    };
+    let missing: Vec<(&str, &[&str], &str)> = checks
         .iter()
         .copied()
-        .filter(|(tool, _)| !cmd::succeeds(Command::new(tool).arg("--version")))
+        .filter(|(_, argv, _)| !present(argv))
         .collect();
     if missing.is_empty() {
-        println!("nm, cc, c++: present");
+        println!("system tools and libraries: present");
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|m| m.1).collect();
-    println!("missing system tools: {missing:?}; installing with apt-get");
+    let packages: Vec<&str> = missing.iter().map(|m| m.2).collect();
+    println!(
+        "missing: {:?}; installing {packages:?} with apt-get",
+        missing.iter().map(|m| m.0).collect::<Vec<_>>()
+    );
     apt_get(&["update"])?;
     let mut install = vec!["install", "-y", "--no-install-recommends"];
     install.extend(&packages);
     apt_get(&install)?;
-    for (tool, package) in missing {
-        if !cmd::succeeds(Command::new(tool).arg("--version")) {
-            return Err(format!("`{tool}` still missing after installing {package}"));
+    for (what, argv, package) in missing {
+        if !present(argv) {
+            return Err(format!("`{what}` still missing after installing {package}"));
         }
     }
     Ok(())
