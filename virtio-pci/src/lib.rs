@@ -51,7 +51,7 @@
 //! assert_eq!(queue.pop_used().unwrap().unwrap().len, 4);
 //! ```
 //!
-//! Feature flags: `std`, `vfio` (reserved for the VFIO adapters of [`PciAccess`]), `test-utils` (the `mock`
+//! Feature flags: `std`, `vfio` (the `vfio` module: [`PciAccess`] over a function bound to `vfio-pci`, and IOMMU-mapped DMA memory), `test-utils` (the `mock`
 //! module: an echo device and recording interrupt sinks).
 #![no_std]
 #![deny(unsafe_code)]
@@ -71,6 +71,10 @@ mod transport;
 
 #[cfg(feature = "test-utils")]
 pub mod mock;
+// The one module with `unsafe`: DMA mappings (`VFIO_IOMMU_MAP_DMA`) and the ring memory over them.
+#[cfg(feature = "vfio")]
+#[allow(unsafe_code)]
+pub mod vfio;
 
 pub use access::{size_bar, IrqRequest, LocalAccess, MsixCapability, PciAccess, LOCAL_MSI_ADDRESS};
 pub use config::{AddressSpace, BarInfo, BarKind};

@@ -1,14 +1,19 @@
 //! `cargo xtask e2e SUITE`: end-to-end suites. Each suite gets one match arm below.
 
 /// Runs the suite named by the first argument.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
+pub(crate) fn run(root: &std::path::Path, args: &[String]) -> Result<(), String> {
     let Some(suite) = args.first() else {
         return Err("usage: cargo xtask e2e SUITE (`cargo xtask e2e --list` lists them)".into());
     };
     match suite.as_str() {
-        // Suites are added here, one arm each, e.g. `"net" => net::run(&args[1..]),`.
+        // Suites are added here, one arm each.
+        "vfio-smoke" => crate::vfio_e2e::run(root, args.get(1..).unwrap_or(&[])),
         "--list" | "list" => {
-            println!("e2e suites: none yet");
+            println!("e2e suites:");
+            println!(
+                "  vfio-smoke [CELL...]  PciTransport over VfioAccess against QEMU's virtio-net-pci in a TCG guest\n\
+                 \x20                       (cells: split, split+event_idx, packed, packed+event_idx; about 15 s per boot)"
+            );
             Ok(())
         }
         other => Err(format!("unknown e2e suite `{other}`")),

@@ -5,13 +5,16 @@
 //!   those steps.
 //! - `cargo xtask bench NAME [-- ARGS...]`: runs `cargo bench -p virtio-sdk-tests --bench
 //!   NAME`, then reads `target/bench/NAME.json` and prints the comparison table.
-//! - `cargo xtask e2e SUITE`: end-to-end suites (none yet).
+//! - `cargo xtask e2e SUITE`: end-to-end suites ([`e2e`]); `vfio-smoke` boots QEMU TCG guests.
+//! - `cargo xtask guest-image`: builds the base Linux guest image under `target/guest/` ([`guest`]).
 
 mod bench;
 mod ci;
 mod cmd;
 mod e2e;
 mod elf;
+mod guest;
+mod vfio_e2e;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +27,14 @@ commands:
                            `cargo xtask ci --list` lists the steps
   bench NAME [-- ARGS...]  run `cargo bench -p virtio-sdk-tests --bench NAME`, then
                            print the table from target/bench/NAME.json
-  e2e SUITE                run an end-to-end suite (`cargo xtask e2e --list`)
+  e2e SUITE [CELL...]      run an end-to-end suite (`cargo xtask e2e --list`);
+                           `e2e vfio-smoke`: our PciTransport over VfioAccess drives
+                           QEMU's virtio-net-pci from a TCG guest (intel-iommu,
+                           vfio-pci), frames echoed by a UDP peer; cells split,
+                           split+event_idx, packed, packed+event_idx
+  guest-image              fetch the Debian kernel + busybox-static (apt-get download,
+                           cached in target/guest/cache) and build target/guest/base/
+                           {vmlinuz,initrd.gz} with the VFIO modules
   help                     this text
 ";
 
@@ -42,7 +52,8 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "ci" => ci::run(&root, rest),
         "bench" => bench::run(rest),
-        "e2e" => e2e::run(rest),
+        "e2e" => e2e::run(&root, rest),
+        "guest-image" => guest::run(&root, rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
