@@ -11,6 +11,7 @@
 //! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF |
 //! | `package` | `cargo package --no-verify --allow-dirty` of the crates in [`PUBLISHABLE`] |
 //! | `fuzz`    | every `cargo +nightly fuzz list` target for `$FUZZ_SECONDS` s (default 20) |
+//! | `e2e`     | the end-to-end suites in [`E2E_SUITES`] (`cargo xtask e2e SUITE`): QEMU guests, real peers |
 //!
 //! A tool that is missing and cannot be installed fails the `install` step; nothing is
 //! skipped silently. The last line is `ci steps: N passed, M failed`.
@@ -48,7 +49,22 @@ const STEPS: &[(&str, &str, StepFn)] = &[
         package,
     ),
     ("fuzz", "fuzz smoke run of every target", fuzz),
+    (
+        "e2e",
+        "end-to-end suites against real peers (QEMU's devices in TCG guests)",
+        e2e,
+    ),
 ];
+
+/// The end-to-end suites the full test command runs (each prints one PASS/FAIL line per cell).
+const E2E_SUITES: &[&str] = &["vfio-smoke"];
+
+fn e2e(ctx: &Ctx) -> Result<(), String> {
+    for suite in E2E_SUITES {
+        crate::e2e::run(&ctx.root, &[(*suite).to_string()])?;
+    }
+    Ok(())
+}
 
 /// Clippy invocations (each followed by `-- -D warnings`). The per-crate lines check
 /// the `no_std` builds and each `virtio-core` feature on its own (library target only:
