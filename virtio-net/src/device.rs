@@ -711,8 +711,11 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let mut ring_error = None;
         let mut delivered = 0;
         let mut in_burst = 0;
-        let signal = |q: &mut DeviceQueue<M>| {
-            if q.needs_notification() {
+        // Whether used elements were added since the last interrupt decision: a pass that used nothing (the driver
+        // only re-posted buffers, or the backend had no frame) must not interrupt the driver.
+        let mut unsignalled = false;
+        let signal = |q: &mut DeviceQueue<M>, unsignalled: &mut bool| {
+            if core::mem::take(unsignalled) && q.needs_notification() {
                 if let Some(i) = interrupt.as_ref() {
                     i.signal_queue(queue);
                 }
@@ -720,7 +723,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         };
         loop {
             if in_burst == RX_BURST {
-                signal(q);
+                signal(q, &mut unsignalled);
                 in_burst = 0;
             }
             let len = match *rx_len {
@@ -787,6 +790,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         ring_error = Some(e);
                         break;
                     }
+                    unsignalled = true;
                     continue;
                 }
                 *rx_held_len += chain.writable_len() as usize;
@@ -811,6 +815,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         ring_error = Some(e);
                         break;
                     }
+                    unsignalled = true;
                 }
                 continue;
             }
@@ -850,8 +855,11 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
             rx_used.clear();
             *rx_held = 0;
             *rx_held_len = 0;
-            if let Err(e) = r {
-                ring_error.get_or_insert(e);
+            match r {
+                Ok(()) => unsignalled = true,
+                Err(e) => {
+                    ring_error.get_or_insert(e);
+                }
             }
             if ring_error.is_some() {
                 break;
@@ -861,7 +869,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
             delivered += 1;
             in_burst += 1;
         }
-        signal(q);
+        signal(q, &mut unsignalled);
         if let Some(e) = ring_error {
             return Err(self.fault(queue, e));
         }

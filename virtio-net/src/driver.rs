@@ -652,6 +652,38 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         self.queue_mut(queue).is_some_and(|q| q.has_used())
     }
 
+    /// Runs a transport's interrupt handler: `handler` gets the transport and the `has_used` of this driver's queues,
+    /// e.g. `driver.handle_interrupt(|t, used| t.handle_interrupt(&mut dispatch, used))` over virtio-mmio or
+    /// `|t, used| t.handle_vector(vector, &mut dispatch, used)` over virtio-pci. ([`transport_mut`](Self::transport_mut)
+    /// and [`has_used`](Self::has_used) cannot be borrowed together, and asking `has_used` before the handler
+    /// acknowledges the interrupt would miss buffers used in between.)
+    pub fn handle_interrupt<R>(
+        &mut self,
+        handler: impl FnOnce(&mut T, &mut dyn FnMut(u16) -> bool) -> R,
+    ) -> R {
+        let Self {
+            transport,
+            pairs,
+            ctrl,
+            ctrl_index,
+            ..
+        } = self;
+        let ctrl_index = *ctrl_index;
+        let mut has_used = |queue: u16| {
+            if queue == ctrl_index {
+                return ctrl.as_ref().is_some_and(|c| c.queue.has_used());
+            }
+            pairs.get(usize::from(queue / 2)).is_some_and(|p| {
+                if queue % 2 == 0 {
+                    p.rx.has_used()
+                } else {
+                    p.tx.has_used()
+                }
+            })
+        };
+        handler(transport, &mut has_used)
+    }
+
     /// Re-enables interrupts of `queue`; `false` if used buffers arrived meanwhile (poll again).
     pub fn enable_interrupts(&mut self, queue: u16) -> bool {
         self.queue_mut(queue).is_none_or(|q| q.enable_callbacks())
