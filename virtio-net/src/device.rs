@@ -5,6 +5,8 @@
 //! (§5.1.2). TX runs when the driver notifies a transmit queue (or the VMM calls [`NetDevice::process_tx`]): chains
 //! are drained in bursts of [`TX_BURST`] with driver notifications disabled, returned with one batch of used
 //! elements and one interrupt decision per burst, and notifications are re-enabled with the race-free re-check.
+//! In TX polling mode ([`NetDevice::set_tx_polling`]) notifications stay disabled and `process_tx` returns as soon
+//! as the ring is empty: the VMM must keep calling it.
 //! RX runs when the VMM calls [`NetDevice::process_rx`] (the backend's readiness fd fired) or the driver adds
 //! receive buffers: a backend frame goes into one chain, or several with VIRTIO_NET_F_MRG_RXBUF (`num_buffers`).
 //!
@@ -336,6 +338,11 @@ struct PairState<M> {
     /// A frame the backend refused with WouldBlock: its token and length, retried first.
     tx_pending: Option<(UsedToken, usize)>,
     tx_used: Vec<(UsedToken, u32)>,
+    /// TX polling mode (kept across reset: a setting of the VMM, not of the driver).
+    tx_polling: bool,
+    /// Driver notifications of the TX queue are known to be disabled: polling mode does not write the suppression
+    /// field (a cache line the driver reads on every kick decision) again on each call.
+    tx_notify_off: bool,
 }
 
 impl<M> PairState<M> {
@@ -354,6 +361,8 @@ impl<M> PairState<M> {
             tx_header: [0; MAX_HEADER],
             tx_pending: None,
             tx_used: Vec::new(),
+            tx_polling: false,
+            tx_notify_off: false,
         }
     }
 
@@ -376,6 +385,7 @@ impl<M> PairState<M> {
         self.rx_used.clear();
         self.tx_pending = None;
         self.tx_used.clear();
+        self.tx_notify_off = false;
     }
 }
 
@@ -545,8 +555,42 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         NetError::Ring { queue, source }
     }
 
+    /// Switches TX polling mode of `pair` on or off (off by default).
+    ///
+    /// On: [`process_tx`](Self::process_tx) leaves driver notifications of the transmit queue disabled and returns
+    /// as soon as the ring is empty, without re-enabling them (no barrier, no re-check). The driver may then never
+    /// notify again, so **the caller must keep calling `process_tx`** (a busy-polling thread) for as long as the mode
+    /// is on. (Driver notifications are a hint either way: with VIRTIO_F_EVENT_IDX the driver may still kick once,
+    /// when it passes the `avail_event` published before polling began; such kicks are harmless.) Off: call
+    /// `process_tx` once afterwards; it re-enables notifications (race-free) when it finds the ring
+    /// empty, and notification-driven operation resumes.
+    pub fn set_tx_polling(&mut self, pair: u16, on: bool) -> Result<()> {
+        let queue = Self::rx_index(pair).saturating_add(1);
+        let state = self
+            .pairs
+            .get_mut(usize::from(pair))
+            .ok_or(NetError::QueueNotActive(queue))?;
+        state.tx_polling = on;
+        if on {
+            if let Some(q) = state.tx.as_mut() {
+                q.disable_notification();
+                state.tx_notify_off = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether TX polling mode is on for `pair` (see [`set_tx_polling`](Self::set_tx_polling)).
+    pub fn tx_polling(&self, pair: u16) -> bool {
+        self.pairs
+            .get(usize::from(pair))
+            .is_some_and(|s| s.tx_polling)
+    }
+
     /// Drains transmit queue of `pair` into the backend. Returns the frames sent; bad chains are dropped, counted
     /// and the first is reported as [`NetError::Dropped`] after the queue was drained.
+    /// In TX polling mode ([`set_tx_polling`](Self::set_tx_polling)) it returns once the ring is empty and leaves
+    /// driver notifications disabled.
     pub fn process_tx(&mut self, pair: u16) -> Result<usize> {
         let queue = Self::rx_index(pair).saturating_add(1);
         let header_len = self.header_len.bytes();
@@ -568,8 +612,11 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
             tx_header,
             tx_pending,
             tx_used,
+            tx_polling,
+            tx_notify_off,
             ..
         } = state;
+        let polling = *tx_polling;
         let Some(q) = tx.as_mut() else {
             return Err(NetError::QueueNotActive(queue));
         };
@@ -577,7 +624,10 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let mut sent = 0;
         let mut ring_error = None;
         'outer: loop {
-            q.disable_notification();
+            if !*tx_notify_off {
+                q.disable_notification();
+                *tx_notify_off = polling;
+            }
             let mut handled = 0;
             let mut blocked = false;
             while handled < TX_BURST {
@@ -658,7 +708,12 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
             if handled == TX_BURST {
                 continue;
             }
+            if polling {
+                // Polling mode: notifications stay off; the caller polls again.
+                break;
+            }
             // Race-free re-enable: if the driver added chains after our last pop, go round again.
+            *tx_notify_off = false;
             match q.enable_notification() {
                 Ok(true) => continue 'outer,
                 Ok(false) => break,

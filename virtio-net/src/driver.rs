@@ -5,6 +5,12 @@
 //! once and re-posted as frames are taken; transmit slots are recycled when the device returns them. Nothing is
 //! allocated per packet.
 //!
+//! Transmit: [`NetDriver::send_burst`] queues many frames with one notification decision (`kick_prepare`) and
+//! reclaims completed slots lazily (only when fewer than [`TX_RECLAIM_BELOW`] are free, or fewer than the burst
+//! needs); [`NetDriver::send`] is a burst of one that reclaims first. Each transmit slot has a small buffer of
+//! [`TX_SMALL_SLOT`] bytes (header + frame up to an MTU-sized frame, packed 2 KiB apart for cache and TLB
+//! locality) and a big one of header + [`MAX_FRAME_LEN`] used for larger frames; either way one descriptor.
+//!
 //! Two receive modes: **mergeable** (VIRTIO_NET_F_MRG_RXBUF: small buffers of
 //! [`NetDriverConfig::rx_buffer_len`], a frame spans `num_buffers` of them) and **big packets** (one buffer of
 //! header + [`MAX_FRAME_LEN`] per chain).
@@ -120,6 +126,12 @@ impl Default for NetDriverConfig {
 }
 
 const PAGE: u64 = 4096;
+/// Bytes of a transmit slot's small buffer: frames with `header + frame <= TX_SMALL_SLOT` go there, larger ones to
+/// the slot's big buffer.
+pub const TX_SMALL_SLOT: u32 = 2048;
+/// [`NetDriver::send_burst`] reclaims completed transmit slots only when fewer than this many are free (or fewer
+/// than the burst needs).
+pub const TX_RECLAIM_BELOW: usize = 32;
 const CTRL_BUF_LEN: usize = 1024;
 const CTRL_ACK_OFFSET: usize = 1016;
 /// Polls of the used ring before a control command is declared lost.
@@ -137,6 +149,7 @@ struct DriverPair<M> {
     tx: DriverQueue<M, u16>,
     tx_base: DeviceAddr,
     tx_slot_len: u32,
+    tx_small_base: DeviceAddr,
     tx_free: Vec<u16>,
 }
 
@@ -277,6 +290,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             let rx = queue(&mut transport, 2 * p, &mut carver)?;
             let rx_base = carver.take(u64::from(rx.size()) * u64::from(rx_buf_len))?;
             let tx = queue(&mut transport, 2 * p + 1, &mut carver)?;
+            let tx_small_base = carver.take(u64::from(tx.size()) * u64::from(TX_SMALL_SLOT))?;
             let tx_base = carver.take(u64::from(tx.size()) * u64::from(big))?;
             let tx_free = (0..tx.size()).rev().collect();
             out_pairs.push(DriverPair {
@@ -286,6 +300,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 tx,
                 tx_base,
                 tx_slot_len: big,
+                tx_small_base,
                 tx_free,
             });
         }
@@ -439,39 +454,104 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     }
 
     /// Sends `frame` on `pair` with the offload requests of `header` (checksum, GSO; `num_buffers` is ignored).
+    /// Reclaims completed slots first; a burst of one otherwise (see [`send_burst`](Self::send_burst)).
     pub fn send(&mut self, pair: u16, frame: &[u8], header: &HeaderRepr) -> Result<()> {
-        let queue = 2 * pair + 1;
-        if frame.len() > MAX_FRAME_LEN {
-            return Err(NetError::FrameTooLarge {
-                len: frame.len(),
-                max: MAX_FRAME_LEN,
-            });
+        match self.queue_tx(pair, &[frame], header, usize::MAX)? {
+            0 => Err(NetError::QueueFull),
+            _ => Ok(()),
         }
-        self.reclaim_tx(pair)?;
+    }
+
+    /// Queues `frames` on `pair`, all with the offload requests of `header` (built once; `num_buffers` is ignored),
+    /// and notifies the device at most once. Returns how many frames were queued, in order from the first: fewer
+    /// than `frames.len()` (possibly 0) when the ring is full, or when a later frame is longer than
+    /// [`MAX_FRAME_LEN`] (it and the rest are not queued). Completed slots are reclaimed only when fewer than
+    /// [`TX_RECLAIM_BELOW`] are free or fewer than `frames.len()`, so the used ring is read once every few bursts.
+    ///
+    /// Errors: [`NetError::FrameTooLarge`] if the *first* frame is too long; a ring error only if nothing was
+    /// queued (otherwise the next call reports it).
+    pub fn send_burst(
+        &mut self,
+        pair: u16,
+        frames: &[&[u8]],
+        header: &HeaderRepr,
+    ) -> Result<usize> {
+        self.queue_tx(pair, frames, header, TX_RECLAIM_BELOW)
+    }
+
+    fn queue_tx(
+        &mut self,
+        pair: u16,
+        frames: &[&[u8]],
+        header: &HeaderRepr,
+        reclaim_below: usize,
+    ) -> Result<usize> {
+        let queue = 2 * pair + 1;
+        if let Some(first) = frames.first() {
+            if first.len() > MAX_FRAME_LEN {
+                return Err(NetError::FrameTooLarge {
+                    len: first.len(),
+                    max: MAX_FRAME_LEN,
+                });
+            }
+        }
         let hl = self.header_len.bytes();
+        let mut h = *header;
+        h.num_buffers = 0;
+        let header_bytes = h.to_bytes(self.header_len);
+        let header_bytes = header_bytes.get(..hl).unwrap_or(&[]);
+        let memory = &self.memory;
         let p = self
             .pairs
             .get_mut(usize::from(pair))
             .ok_or(NetError::QueueNotActive(queue))?;
-        let slot = p.tx_free.pop().ok_or(NetError::QueueFull)?;
-        let addr = DeviceAddr::new(p.tx_base.raw() + u64::from(slot) * u64::from(p.tx_slot_len));
-        let total = hl + frame.len();
-        let mut h = *header;
-        h.num_buffers = 0;
-        let bytes = h.to_bytes(self.header_len);
-        let Some(slice) = DeviceSlice::new(&self.memory, addr, total) else {
-            p.tx_free.push(slot);
-            return Err(NetError::QueueNotActive(queue));
-        };
-        slice.write_at(0, bytes.get(..hl).unwrap_or(&[]));
-        slice.write_at(hl, frame);
-        let len = u32::try_from(total).unwrap_or(u32::MAX);
-        if let Err(e) = p.tx.add(&[Buffer::new(addr, len)], &[], slot) {
-            p.tx_free.push(slot);
-            return Err(ring_err(queue)(e));
+        if frames.is_empty() {
+            return Ok(0);
         }
-        self.kick(queue);
-        Ok(())
+        let free = p.tx_free.len();
+        if free < reclaim_below || free < frames.len() {
+            while let Some(used) = p.tx.pop_used().map_err(ring_err(queue))? {
+                p.tx_free.push(used.token);
+            }
+        }
+        let mut queued = 0;
+        let mut error = None;
+        for frame in frames {
+            if frame.len() > MAX_FRAME_LEN {
+                break;
+            }
+            let Some(slot) = p.tx_free.pop() else {
+                break;
+            };
+            let total = hl + frame.len();
+            let len = u32::try_from(total).unwrap_or(u32::MAX);
+            let addr = if len <= TX_SMALL_SLOT {
+                p.tx_small_base.raw() + u64::from(slot) * u64::from(TX_SMALL_SLOT)
+            } else {
+                p.tx_base.raw() + u64::from(slot) * u64::from(p.tx_slot_len)
+            };
+            let addr = DeviceAddr::new(addr);
+            let Some(slice) = DeviceSlice::new(memory, addr, total) else {
+                p.tx_free.push(slot);
+                error = Some(NetError::QueueNotActive(queue));
+                break;
+            };
+            slice.write_at(0, header_bytes);
+            slice.write_at(hl, frame);
+            if let Err(e) = p.tx.add(&[Buffer::new(addr, len)], &[], slot) {
+                p.tx_free.push(slot);
+                error = Some(ring_err(queue)(e));
+                break;
+            }
+            queued += 1;
+        }
+        if queued > 0 {
+            self.kick(queue);
+        }
+        match error {
+            Some(e) if queued == 0 => Err(e),
+            _ => Ok(queued),
+        }
     }
 
     /// Takes the next received frame of `pair` into `buf`: returns its header and length, or `None`. The buffers
