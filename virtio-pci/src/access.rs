@@ -53,30 +53,77 @@ pub enum IrqRequest {
 /// Reads of registers that do not exist, or that fail at the platform level, return all-ones (as a PCI master abort
 /// does); writes that fail are dropped. Offsets are relative to the start of configuration space or of the BAR.
 pub trait PciAccess {
-    /// Reads a byte of configuration space.
-    fn config_read_u8(&mut self, offset: u16) -> u8;
+    /// Reads `data.len()` bytes of configuration space at `offset` into `data`. `data` arrives filled with
+    /// all-ones; an implementation that cannot reach the register leaves it so (a master abort).
+    fn config_read_bytes(&mut self, offset: u16, data: &mut [u8]);
+    /// Writes `data` to configuration space at `offset`; a write that cannot reach the device is dropped.
+    fn config_write_bytes(&mut self, offset: u16, data: &[u8]);
+    /// Reads `data.len()` bytes at `offset` of BAR `bar`, with the same all-ones convention as
+    /// [`config_read_bytes`](Self::config_read_bytes).
+    fn bar_read_bytes(&mut self, bar: u8, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` of BAR `bar`.
+    fn bar_write_bytes(&mut self, bar: u8, offset: u64, data: &[u8]);
+
+    /// Reads a 8-bit little-endian configuration register.
+    fn config_read_u8(&mut self, offset: u16) -> u8 {
+        let mut buf = [0xff; 1];
+        self.config_read_bytes(offset, &mut buf);
+        u8::from_le_bytes(buf)
+    }
+    /// Writes a 8-bit little-endian configuration register.
+    fn config_write_u8(&mut self, offset: u16, value: u8) {
+        self.config_write_bytes(offset, &value.to_le_bytes());
+    }
+    /// Reads 8 little-endian bits at `offset` of BAR `bar`.
+    fn bar_read_u8(&mut self, bar: u8, offset: u64) -> u8 {
+        let mut buf = [0xff; 1];
+        self.bar_read_bytes(bar, offset, &mut buf);
+        u8::from_le_bytes(buf)
+    }
+    /// Writes 8 little-endian bits at `offset` of BAR `bar`.
+    fn bar_write_u8(&mut self, bar: u8, offset: u64, value: u8) {
+        self.bar_write_bytes(bar, offset, &value.to_le_bytes());
+    }
     /// Reads a 16-bit little-endian configuration register.
-    fn config_read_u16(&mut self, offset: u16) -> u16;
+    fn config_read_u16(&mut self, offset: u16) -> u16 {
+        let mut buf = [0xff; 2];
+        self.config_read_bytes(offset, &mut buf);
+        u16::from_le_bytes(buf)
+    }
+    /// Writes a 16-bit little-endian configuration register.
+    fn config_write_u16(&mut self, offset: u16, value: u16) {
+        self.config_write_bytes(offset, &value.to_le_bytes());
+    }
+    /// Reads 16 little-endian bits at `offset` of BAR `bar`.
+    fn bar_read_u16(&mut self, bar: u8, offset: u64) -> u16 {
+        let mut buf = [0xff; 2];
+        self.bar_read_bytes(bar, offset, &mut buf);
+        u16::from_le_bytes(buf)
+    }
+    /// Writes 16 little-endian bits at `offset` of BAR `bar`.
+    fn bar_write_u16(&mut self, bar: u8, offset: u64, value: u16) {
+        self.bar_write_bytes(bar, offset, &value.to_le_bytes());
+    }
     /// Reads a 32-bit little-endian configuration register.
-    fn config_read_u32(&mut self, offset: u16) -> u32;
-    /// Writes a byte of configuration space.
-    fn config_write_u8(&mut self, offset: u16, value: u8);
-    /// Writes a 16-bit configuration register.
-    fn config_write_u16(&mut self, offset: u16, value: u16);
-    /// Writes a 32-bit configuration register.
-    fn config_write_u32(&mut self, offset: u16, value: u32);
-    /// Reads a byte at `offset` of BAR `bar`.
-    fn bar_read_u8(&mut self, bar: u8, offset: u64) -> u8;
-    /// Reads 16 bits at `offset` of BAR `bar`.
-    fn bar_read_u16(&mut self, bar: u8, offset: u64) -> u16;
-    /// Reads 32 bits at `offset` of BAR `bar`.
-    fn bar_read_u32(&mut self, bar: u8, offset: u64) -> u32;
-    /// Writes a byte at `offset` of BAR `bar`.
-    fn bar_write_u8(&mut self, bar: u8, offset: u64, value: u8);
-    /// Writes 16 bits at `offset` of BAR `bar`.
-    fn bar_write_u16(&mut self, bar: u8, offset: u64, value: u16);
-    /// Writes 32 bits at `offset` of BAR `bar`.
-    fn bar_write_u32(&mut self, bar: u8, offset: u64, value: u32);
+    fn config_read_u32(&mut self, offset: u16) -> u32 {
+        let mut buf = [0xff; 4];
+        self.config_read_bytes(offset, &mut buf);
+        u32::from_le_bytes(buf)
+    }
+    /// Writes a 32-bit little-endian configuration register.
+    fn config_write_u32(&mut self, offset: u16, value: u32) {
+        self.config_write_bytes(offset, &value.to_le_bytes());
+    }
+    /// Reads 32 little-endian bits at `offset` of BAR `bar`.
+    fn bar_read_u32(&mut self, bar: u8, offset: u64) -> u32 {
+        let mut buf = [0xff; 4];
+        self.bar_read_bytes(bar, offset, &mut buf);
+        u32::from_le_bytes(buf)
+    }
+    /// Writes 32 little-endian bits at `offset` of BAR `bar`.
+    fn bar_write_u32(&mut self, bar: u8, offset: u64, value: u32) {
+        self.bar_write_bytes(bar, offset, &value.to_le_bytes());
+    }
 
     /// What BAR `index` maps and how large it is; `None` if not implemented. The default sizes it through
     /// configuration space ([`size_bar`]); VFIO knows region sizes and overrides this.
@@ -196,34 +243,6 @@ where
     pub fn device(&self) -> &Rc<RefCell<PciDevice<D>>> {
         &self.device
     }
-
-    fn config_read<const N: usize>(&self, offset: u16) -> [u8; N] {
-        let mut buf = [0xff; N];
-        if let Ok(mut d) = self.device.try_borrow_mut() {
-            d.config_read(offset, &mut buf);
-        }
-        buf
-    }
-
-    fn config_write(&self, offset: u16, data: &[u8]) {
-        if let Ok(mut d) = self.device.try_borrow_mut() {
-            d.config_write(offset, data);
-        }
-    }
-
-    fn bar_read<const N: usize>(&self, bar: u8, offset: u64) -> [u8; N] {
-        let mut buf = [0xff; N];
-        if let Ok(mut d) = self.device.try_borrow_mut() {
-            d.bar_read(bar, offset, &mut buf);
-        }
-        buf
-    }
-
-    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) {
-        if let Ok(mut d) = self.device.try_borrow_mut() {
-            d.bar_write(bar, offset, data);
-        }
-    }
 }
 
 impl<D> PciAccess for LocalAccess<D>
@@ -231,41 +250,25 @@ where
     D: VirtioDevice<Interrupt = PciInterrupt>,
     D::Memory: Clone,
 {
-    fn config_read_u8(&mut self, offset: u16) -> u8 {
-        u8::from_le_bytes(self.config_read(offset))
+    fn config_read_bytes(&mut self, offset: u16, data: &mut [u8]) {
+        if let Ok(mut d) = self.device.try_borrow_mut() {
+            d.config_read(offset, data);
+        }
     }
-    fn config_read_u16(&mut self, offset: u16) -> u16 {
-        u16::from_le_bytes(self.config_read(offset))
+    fn config_write_bytes(&mut self, offset: u16, data: &[u8]) {
+        if let Ok(mut d) = self.device.try_borrow_mut() {
+            d.config_write(offset, data);
+        }
     }
-    fn config_read_u32(&mut self, offset: u16) -> u32 {
-        u32::from_le_bytes(self.config_read(offset))
+    fn bar_read_bytes(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if let Ok(mut d) = self.device.try_borrow_mut() {
+            d.bar_read(bar, offset, data);
+        }
     }
-    fn config_write_u8(&mut self, offset: u16, value: u8) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn config_write_u16(&mut self, offset: u16, value: u16) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn config_write_u32(&mut self, offset: u16, value: u32) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn bar_read_u8(&mut self, bar: u8, offset: u64) -> u8 {
-        u8::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_read_u16(&mut self, bar: u8, offset: u64) -> u16 {
-        u16::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_read_u32(&mut self, bar: u8, offset: u64) -> u32 {
-        u32::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_write_u8(&mut self, bar: u8, offset: u64, value: u8) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
-    }
-    fn bar_write_u16(&mut self, bar: u8, offset: u64, value: u16) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
-    }
-    fn bar_write_u32(&mut self, bar: u8, offset: u64, value: u32) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
+    fn bar_write_bytes(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if let Ok(mut d) = self.device.try_borrow_mut() {
+            d.bar_write(bar, offset, data);
+        }
     }
 
     /// Programs the MSI-X table as a guest OS does (entry `n`: address [`LOCAL_MSI_ADDRESS`], data `n`, unmasked),

@@ -318,34 +318,6 @@ impl VfioAccess {
             let _ = self.device.disable_irq(INTX_IRQ_INDEX);
         }
     }
-
-    fn config_read<const N: usize>(&self, offset: u16) -> [u8; N] {
-        let mut buf = [0xff; N];
-        self.device
-            .region_read(CONFIG_REGION_INDEX, &mut buf, u64::from(offset));
-        buf
-    }
-
-    fn config_write(&self, offset: u16, data: &[u8]) {
-        self.device
-            .region_write(CONFIG_REGION_INDEX, data, u64::from(offset));
-    }
-
-    fn bar_read<const N: usize>(&self, bar: u8, offset: u64) -> [u8; N] {
-        let mut buf = [0xff; N];
-        if bar < header::BAR_COUNT {
-            self.device
-                .region_read(BAR0_REGION_INDEX + u32::from(bar), &mut buf, offset);
-        }
-        buf
-    }
-
-    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) {
-        if bar < header::BAR_COUNT {
-            self.device
-                .region_write(BAR0_REGION_INDEX + u32::from(bar), data, offset);
-        }
-    }
 }
 
 impl Drop for VfioAccess {
@@ -355,41 +327,25 @@ impl Drop for VfioAccess {
 }
 
 impl PciAccess for VfioAccess {
-    fn config_read_u8(&mut self, offset: u16) -> u8 {
-        u8::from_le_bytes(self.config_read(offset))
+    fn config_read_bytes(&mut self, offset: u16, data: &mut [u8]) {
+        self.device
+            .region_read(CONFIG_REGION_INDEX, data, u64::from(offset));
     }
-    fn config_read_u16(&mut self, offset: u16) -> u16 {
-        u16::from_le_bytes(self.config_read(offset))
+    fn config_write_bytes(&mut self, offset: u16, data: &[u8]) {
+        self.device
+            .region_write(CONFIG_REGION_INDEX, data, u64::from(offset));
     }
-    fn config_read_u32(&mut self, offset: u16) -> u32 {
-        u32::from_le_bytes(self.config_read(offset))
+    fn bar_read_bytes(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        if bar < header::BAR_COUNT {
+            self.device
+                .region_read(BAR0_REGION_INDEX + u32::from(bar), data, offset);
+        }
     }
-    fn config_write_u8(&mut self, offset: u16, value: u8) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn config_write_u16(&mut self, offset: u16, value: u16) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn config_write_u32(&mut self, offset: u16, value: u32) {
-        self.config_write(offset, &value.to_le_bytes());
-    }
-    fn bar_read_u8(&mut self, bar: u8, offset: u64) -> u8 {
-        u8::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_read_u16(&mut self, bar: u8, offset: u64) -> u16 {
-        u16::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_read_u32(&mut self, bar: u8, offset: u64) -> u32 {
-        u32::from_le_bytes(self.bar_read(bar, offset))
-    }
-    fn bar_write_u8(&mut self, bar: u8, offset: u64, value: u8) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
-    }
-    fn bar_write_u16(&mut self, bar: u8, offset: u64, value: u16) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
-    }
-    fn bar_write_u32(&mut self, bar: u8, offset: u64, value: u32) {
-        self.bar_write(bar, offset, &value.to_le_bytes());
+    fn bar_write_bytes(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar < header::BAR_COUNT {
+            self.device
+                .region_write(BAR0_REGION_INDEX + u32::from(bar), data, offset);
+        }
     }
 
     /// The region size VFIO reports (no sizing writes); the kind from the BAR register's flag bits, which the kernel

@@ -318,41 +318,17 @@ fn transport_legacy_bar_that_is_not_io_is_rejected() {
     let (pci, ..) = device(PciVariant::Transitional, |o| o);
     struct MemBar0(LocalAccess<virtio_pci::mock::EchoDevice>);
     impl PciAccess for MemBar0 {
-        fn config_read_u8(&mut self, o: u16) -> u8 {
-            self.0.config_read_u8(o)
+        fn config_read_bytes(&mut self, o: u16, d: &mut [u8]) {
+            self.0.config_read_bytes(o, d)
         }
-        fn config_read_u16(&mut self, o: u16) -> u16 {
-            self.0.config_read_u16(o)
+        fn config_write_bytes(&mut self, o: u16, d: &[u8]) {
+            self.0.config_write_bytes(o, d)
         }
-        fn config_read_u32(&mut self, o: u16) -> u32 {
-            self.0.config_read_u32(o)
+        fn bar_read_bytes(&mut self, b: u8, o: u64, d: &mut [u8]) {
+            self.0.bar_read_bytes(b, o, d)
         }
-        fn config_write_u8(&mut self, o: u16, v: u8) {
-            self.0.config_write_u8(o, v)
-        }
-        fn config_write_u16(&mut self, o: u16, v: u16) {
-            self.0.config_write_u16(o, v)
-        }
-        fn config_write_u32(&mut self, o: u16, v: u32) {
-            self.0.config_write_u32(o, v)
-        }
-        fn bar_read_u8(&mut self, b: u8, o: u64) -> u8 {
-            self.0.bar_read_u8(b, o)
-        }
-        fn bar_read_u16(&mut self, b: u8, o: u64) -> u16 {
-            self.0.bar_read_u16(b, o)
-        }
-        fn bar_read_u32(&mut self, b: u8, o: u64) -> u32 {
-            self.0.bar_read_u32(b, o)
-        }
-        fn bar_write_u8(&mut self, b: u8, o: u64, v: u8) {
-            self.0.bar_write_u8(b, o, v)
-        }
-        fn bar_write_u16(&mut self, b: u8, o: u64, v: u16) {
-            self.0.bar_write_u16(b, o, v)
-        }
-        fn bar_write_u32(&mut self, b: u8, o: u64, v: u32) {
-            self.0.bar_write_u32(b, o, v)
+        fn bar_write_bytes(&mut self, b: u8, o: u64, d: &[u8]) {
+            self.0.bar_write_bytes(b, o, d)
         }
         fn bar_info(&mut self, index: u8) -> Option<virtio_pci::BarInfo> {
             let b = self.0.bar_info(index)?;

@@ -351,55 +351,28 @@ impl Patched {
         }
     }
 
-    fn patch<const N: usize>(&self, at: u16, mut bytes: [u8; N]) -> [u8; N] {
+    fn patch(&self, at: u16, bytes: &mut [u8]) {
         for (i, b) in (at..).zip(bytes.iter_mut()) {
             if let Some(v) = self.patches.get(&i) {
                 *b = *v;
             }
         }
-        bytes
     }
 }
 
 impl PciAccess for Patched {
-    fn config_read_u8(&mut self, offset: u16) -> u8 {
-        let v = self.inner.config_read_u8(offset);
-        self.patch(offset, [v])[0]
+    fn config_read_bytes(&mut self, offset: u16, data: &mut [u8]) {
+        self.inner.config_read_bytes(offset, data);
+        self.patch(offset, data);
     }
-    fn config_read_u16(&mut self, offset: u16) -> u16 {
-        let v = self.inner.config_read_u16(offset);
-        u16::from_le_bytes(self.patch(offset, v.to_le_bytes()))
+    fn config_write_bytes(&mut self, offset: u16, data: &[u8]) {
+        self.inner.config_write_bytes(offset, data);
     }
-    fn config_read_u32(&mut self, offset: u16) -> u32 {
-        let v = self.inner.config_read_u32(offset);
-        u32::from_le_bytes(self.patch(offset, v.to_le_bytes()))
+    fn bar_read_bytes(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        self.inner.bar_read_bytes(bar, offset, data);
     }
-    fn config_write_u8(&mut self, offset: u16, value: u8) {
-        self.inner.config_write_u8(offset, value);
-    }
-    fn config_write_u16(&mut self, offset: u16, value: u16) {
-        self.inner.config_write_u16(offset, value);
-    }
-    fn config_write_u32(&mut self, offset: u16, value: u32) {
-        self.inner.config_write_u32(offset, value);
-    }
-    fn bar_read_u8(&mut self, bar: u8, offset: u64) -> u8 {
-        self.inner.bar_read_u8(bar, offset)
-    }
-    fn bar_read_u16(&mut self, bar: u8, offset: u64) -> u16 {
-        self.inner.bar_read_u16(bar, offset)
-    }
-    fn bar_read_u32(&mut self, bar: u8, offset: u64) -> u32 {
-        self.inner.bar_read_u32(bar, offset)
-    }
-    fn bar_write_u8(&mut self, bar: u8, offset: u64, value: u8) {
-        self.inner.bar_write_u8(bar, offset, value);
-    }
-    fn bar_write_u16(&mut self, bar: u8, offset: u64, value: u16) {
-        self.inner.bar_write_u16(bar, offset, value);
-    }
-    fn bar_write_u32(&mut self, bar: u8, offset: u64, value: u32) {
-        self.inner.bar_write_u32(bar, offset, value);
+    fn bar_write_bytes(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        self.inner.bar_write_bytes(bar, offset, data);
     }
     fn bar_info(&mut self, index: u8) -> Option<BarInfo> {
         self.inner.bar_info(index)
