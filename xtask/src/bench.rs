@@ -19,13 +19,19 @@ use crate::cmd;
 const BENCH_CRATE: &str = "virtio-sdk-tests";
 
 /// Runs the bench named by the first argument; arguments after `--` go to the program.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
+pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let Some((name, rest)) = args.split_first() else {
         return Err(format!(
             "usage: cargo xtask bench NAME [-- ARGS...]\n{}",
             known()
         ));
     };
+    // Benchmarks that boot guests live with their e2e suites; each writes target/bench/NAME.json itself.
+    match name.as_str() {
+        "vfio" => return crate::vfio_net_e2e::bench(root, rest),
+        "vmm" => return crate::vmm_e2e::bench(root, rest),
+        _ => {}
+    }
     let extra = match rest.split_first() {
         None => &[][..],
         Some((dashes, extra)) if dashes == "--" => extra,

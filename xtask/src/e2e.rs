@@ -8,6 +8,9 @@ pub(crate) fn run(root: &std::path::Path, args: &[String]) -> Result<(), String>
     match suite.as_str() {
         // Suites are added here, one arm each.
         "vfio-smoke" => crate::vfio_e2e::run(root, args.get(1..).unwrap_or(&[])),
+        "vfio" => crate::vfio_net_e2e::run(root, args.get(1..).unwrap_or(&[])),
+        "vmm" => crate::vmm_e2e::run(root, args.get(1..).unwrap_or(&[])),
+        "guest" => crate::guest_e2e::run(root, args.get(1..).unwrap_or(&[])),
         "--list" | "list" => {
             println!("e2e suites:");
             println!(

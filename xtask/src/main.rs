@@ -14,7 +14,10 @@ mod cmd;
 mod e2e;
 mod elf;
 mod guest;
+mod guest_e2e;
 mod vfio_e2e;
+mod vfio_net_e2e;
+mod vmm_e2e;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" => ci::run(&root, rest),
-        "bench" => bench::run(rest),
+        "bench" => bench::run(&root, rest),
         "e2e" => e2e::run(&root, rest),
         "guest-image" => guest::run(&root, rest),
         "help" | "-h" | "--help" => {

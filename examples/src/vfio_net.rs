@@ -1,0 +1,5 @@
+//! Placeholder (being written).
+fn main() {
+    eprintln!("not yet implemented");
+    std::process::exit(2);
+}
