@@ -1,0 +1,1 @@
+//! Machine description and ACPI tables (being written).
