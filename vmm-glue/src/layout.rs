@@ -67,7 +67,7 @@ pub const LAPIC_ADDRESS: u64 = 0xfee0_0000;
 /// Number of IOAPIC pins (GSIs 0..24).
 pub const IOAPIC_PINS: u32 = 24;
 
-/// Where KVM places the three-page TSS (`KVM_SET_TSS_ADDR`), below the IOAPIC.
+/// Where KVM places the three-page TSS (`KVM_SET_TSS_ADDR`), above the local APIC, below 4 GiB.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Where KVM places the identity-map page (`KVM_SET_IDENTITY_MAP_ADDR`), just below the TSS.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
@@ -145,7 +145,8 @@ mod tests {
         assert!(mmio_slot_address(MMIO_SLOTS) <= PCI_ECAM_BASE);
         assert!(PCI_MMIO_END <= MMIO_BASE);
         assert!(mmio_slot_gsi(MMIO_SLOTS - 1) < PCI_INTX_GSI_BASE);
-        assert!(KVM_TSS_ADDRESS + 3 * PAGE_SIZE <= IOAPIC_ADDRESS);
+        assert!(KVM_IDENTITY_MAP_ADDRESS >= LAPIC_ADDRESS + PAGE_SIZE);
+        assert!(KVM_TSS_ADDRESS + 3 * PAGE_SIZE <= 1 << 32);
         assert_eq!(ram_regions(1 << 30), vec![(0, 1 << 30)]);
         assert_eq!(
             ram_regions(4 << 30),
