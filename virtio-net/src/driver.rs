@@ -42,12 +42,19 @@ pub struct DmaRegion {
 pub struct NetDriverConfig {
     /// Features the driver accepts if offered (device bits, ring bits, VERSION_1).
     pub supported: Features,
+    /// Features the device must offer (initialisation fails otherwise), e.g. `ACCESS_PLATFORM` behind an IOMMU.
+    /// Implies accepting them.
+    pub required: Features,
     /// Queue pairs wanted (capped at what the device offers).
     pub queue_pairs: u16,
     /// Entries per queue (capped at the device's maximum; a power of two for split rings).
     pub queue_size: u16,
     /// Bytes per receive buffer in mergeable mode.
     pub rx_buffer_len: u32,
+    /// Whether each transmit slot also gets a big buffer for frames up to [`MAX_FRAME_LEN`] (default). Without
+    /// them, frames are limited to [`TX_SMALL_SLOT`] minus the header and the driver needs far less memory (for
+    /// DMA memory that comes in small physically contiguous chunks).
+    pub tx_big_buffers: bool,
 }
 
 impl NetDriverConfig {
@@ -55,9 +62,11 @@ impl NetDriverConfig {
     pub fn new() -> Self {
         Self {
             supported: Self::all_features(),
+            required: Features::empty(),
             queue_pairs: 1,
             queue_size: 64,
             rx_buffer_len: 2048,
+            tx_big_buffers: true,
         }
     }
 
@@ -97,6 +106,18 @@ impl NetDriverConfig {
     /// Sets the accepted features.
     pub fn supported(mut self, features: Features) -> Self {
         self.supported = features;
+        self
+    }
+
+    /// Sets the features the device must offer.
+    pub fn required(mut self, features: Features) -> Self {
+        self.required = features;
+        self
+    }
+
+    /// Sets whether transmit slots get big buffers (see [`NetDriverConfig::tx_big_buffers`]).
+    pub fn tx_big_buffers(mut self, on: bool) -> Self {
+        self.tx_big_buffers = on;
         self
     }
 
@@ -173,23 +194,37 @@ pub struct NetDriver<T, M> {
     max_pairs: u16,
 }
 
-struct Carver {
-    cursor: u64,
-    end: u64,
+/// Hands out page-aligned pieces of the caller's regions: each piece from the first region with room for it.
+struct Carver<'a> {
+    regions: &'a [DmaRegion],
+    /// Next free device address per region.
+    cursors: Vec<u64>,
 }
 
-impl Carver {
-    fn take(&mut self, len: u64) -> Result<DeviceAddr> {
-        let at = round_up(self.cursor, PAGE);
-        let next = at.checked_add(len).ok_or(NetError::InvalidArgument)?;
-        if next > self.end {
-            return Err(NetError::DmaTooSmall {
-                have: usize::try_from(self.end).unwrap_or(usize::MAX),
-                needed: usize::try_from(next).unwrap_or(usize::MAX),
-            });
+impl<'a> Carver<'a> {
+    fn new(regions: &'a [DmaRegion]) -> Self {
+        Self {
+            regions,
+            cursors: regions.iter().map(|r| r.base.raw()).collect(),
         }
-        self.cursor = next;
-        Ok(DeviceAddr::new(at))
+    }
+
+    fn take(&mut self, len: u64) -> Result<DeviceAddr> {
+        for (r, cursor) in self.regions.iter().zip(self.cursors.iter_mut()) {
+            let end = r
+                .base
+                .raw()
+                .saturating_add(u64::try_from(r.len).unwrap_or(u64::MAX));
+            let at = round_up(*cursor, PAGE);
+            if let Some(next) = at.checked_add(len).filter(|&n| n <= end) {
+                *cursor = next;
+                return Ok(DeviceAddr::new(at));
+            }
+        }
+        Err(NetError::DmaTooSmall {
+            have: self.regions.iter().map(|r| r.len).max().unwrap_or(0),
+            needed: usize::try_from(len).unwrap_or(usize::MAX),
+        })
     }
 }
 
@@ -211,13 +246,26 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     /// As [`new`](Self::new), running `before_queues(transport, queue count)` after feature negotiation and before
     /// the queues are set up: the place for transport-specific steps such as `PciTransport::setup_interrupts`.
     pub fn with_setup(
-        mut transport: T,
+        transport: T,
         memory: M,
         region: DmaRegion,
         config: NetDriverConfig,
         before_queues: impl FnOnce(&mut T, u16) -> Result<()>,
     ) -> Result<Self> {
-        let features = transport.begin_init(config.supported, Features::empty())?;
+        Self::with_regions(transport, memory, &[region], config, before_queues)
+    }
+
+    /// As [`with_setup`](Self::with_setup), with rings and buffers carved out of several regions (each ring and
+    /// each queue's buffer array lies inside one region): for DMA memory that is contiguous only in pieces, such as
+    /// IOVA-as-PA memory.
+    pub fn with_regions(
+        mut transport: T,
+        memory: M,
+        regions: &[DmaRegion],
+        config: NetDriverConfig,
+        before_queues: impl FnOnce(&mut T, u16) -> Result<()>,
+    ) -> Result<Self> {
+        let features = transport.begin_init(config.supported | config.required, config.required)?;
         let header_len = HeaderLen::for_features(features);
         let mut bytes = [0u8; 24];
         let config_len = ConfigRepr::len_for(features);
@@ -233,13 +281,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let ctrl_index = max_pairs.saturating_mul(2);
         before_queues(&mut transport, pairs * 2 + u16::from(has_ctrl))?;
 
-        let mut carver = Carver {
-            cursor: region.base.raw(),
-            end: region
-                .base
-                .raw()
-                .saturating_add(u64::try_from(region.len).unwrap_or(u64::MAX)),
-        };
+        let mut carver = Carver::new(regions);
         let mergeable = features.contains(feature::MRG_RXBUF);
         let hl = u32::try_from(header_len.bytes()).unwrap_or(20);
         let big =
@@ -249,49 +291,60 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         } else {
             big
         };
-        let queue =
-            |transport: &mut T, index: u16, carver: &mut Carver| -> Result<DriverQueue<M, u16>> {
-                let max = transport.max_queue_size(index);
-                let mut size = config.queue_size.min(max);
-                if !features.contains(Features::RING_PACKED) && !size.is_power_of_two() {
-                    size = size.checked_next_power_of_two().map_or(0, |p| p / 2);
-                }
-                if size == 0 {
-                    return Err(NetError::QueueNotActive(index));
-                }
-                let (qc, len) = if features.contains(Features::VERSION_1) {
-                    let layout = RingLayout::new(
-                        if features.contains(Features::RING_PACKED) {
-                            RingFormat::Packed
-                        } else {
-                            RingFormat::Split
-                        },
-                        size,
-                    );
-                    let len = layout.total_len();
-                    let base = carver.take(len as u64)?;
-                    (QueueConfig::with_layout(max, &layout, base), len)
-                } else {
-                    let len = RingLayout::new(RingFormat::Split, size).legacy_total_len(PAGE);
-                    let base = carver.take(len as u64)?;
-                    (QueueConfig::legacy(max, size, base, PAGE), len)
-                };
-                let qc = qc.ok_or(NetError::DmaTooSmall {
-                    have: region.len,
-                    needed: len,
-                })?;
-                let q = DriverQueue::new(&qc, features, memory.clone(), None)
-                    .map_err(ring_err(index))?;
-                transport.setup_queue(index, &qc).map_err(ring_err(index))?;
-                Ok(q)
+        let queue = |transport: &mut T,
+                     index: u16,
+                     carver: &mut Carver<'_>|
+         -> Result<DriverQueue<M, u16>> {
+            let max = transport.max_queue_size(index);
+            // Legacy (§4.1.5.1.3.1): no size negotiation, the ring has the device's size.
+            let mut size = if features.contains(Features::VERSION_1) {
+                config.queue_size.min(max)
+            } else {
+                max
             };
+            if !features.contains(Features::RING_PACKED) && !size.is_power_of_two() {
+                size = size.checked_next_power_of_two().map_or(0, |p| p / 2);
+            }
+            if size == 0 {
+                return Err(NetError::QueueNotActive(index));
+            }
+            let (qc, len) = if features.contains(Features::VERSION_1) {
+                let layout = RingLayout::new(
+                    if features.contains(Features::RING_PACKED) {
+                        RingFormat::Packed
+                    } else {
+                        RingFormat::Split
+                    },
+                    size,
+                );
+                let len = layout.total_len();
+                let base = carver.take(len as u64)?;
+                (QueueConfig::with_layout(max, &layout, base), len)
+            } else {
+                let len = RingLayout::new(RingFormat::Split, size).legacy_total_len(PAGE);
+                let base = carver.take(len as u64)?;
+                (QueueConfig::legacy(max, size, base, PAGE), len)
+            };
+            let qc = qc.ok_or(NetError::DmaTooSmall {
+                have: len,
+                needed: len,
+            })?;
+            let q =
+                DriverQueue::new(&qc, features, memory.clone(), None).map_err(ring_err(index))?;
+            transport.setup_queue(index, &qc).map_err(ring_err(index))?;
+            Ok(q)
+        };
         let mut out_pairs = Vec::with_capacity(usize::from(pairs));
         for p in 0..pairs {
             let rx = queue(&mut transport, 2 * p, &mut carver)?;
             let rx_base = carver.take(u64::from(rx.size()) * u64::from(rx_buf_len))?;
             let tx = queue(&mut transport, 2 * p + 1, &mut carver)?;
             let tx_small_base = carver.take(u64::from(tx.size()) * u64::from(TX_SMALL_SLOT))?;
-            let tx_base = carver.take(u64::from(tx.size()) * u64::from(big))?;
+            let (tx_base, tx_slot_len) = if config.tx_big_buffers {
+                (carver.take(u64::from(tx.size()) * u64::from(big))?, big)
+            } else {
+                (tx_small_base, 0)
+            };
             let tx_free = (0..tx.size()).rev().collect();
             out_pairs.push(DriverPair {
                 rx,
@@ -299,7 +352,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 rx_buf_len,
                 tx,
                 tx_base,
-                tx_slot_len: big,
+                tx_slot_len,
                 tx_small_base,
                 tx_free,
             });
@@ -453,6 +506,15 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         Ok(n)
     }
 
+    /// The longest frame [`send`](Self::send) takes: [`MAX_FRAME_LEN`], or what fits a small slot without
+    /// [`NetDriverConfig::tx_big_buffers`].
+    pub fn max_tx_frame(&self) -> usize {
+        match self.pairs.first() {
+            Some(p) if p.tx_slot_len == 0 => TX_SMALL_SLOT as usize - self.header_len.bytes(),
+            _ => MAX_FRAME_LEN,
+        }
+    }
+
     /// Sends `frame` on `pair` with the offload requests of `header` (checksum, GSO; `num_buffers` is ignored).
     /// Reclaims completed slots first; a burst of one otherwise (see [`send_burst`](Self::send_burst)).
     pub fn send(&mut self, pair: u16, frame: &[u8], header: &HeaderRepr) -> Result<()> {
@@ -487,15 +549,16 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         reclaim_below: usize,
     ) -> Result<usize> {
         let queue = 2 * pair + 1;
+        let hl = self.header_len.bytes();
+        let max_frame = self.max_tx_frame();
         if let Some(first) = frames.first() {
-            if first.len() > MAX_FRAME_LEN {
+            if first.len() > max_frame {
                 return Err(NetError::FrameTooLarge {
                     len: first.len(),
-                    max: MAX_FRAME_LEN,
+                    max: max_frame,
                 });
             }
         }
-        let hl = self.header_len.bytes();
         let mut h = *header;
         h.num_buffers = 0;
         let header_bytes = h.to_bytes(self.header_len);
@@ -517,7 +580,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let mut queued = 0;
         let mut error = None;
         for frame in frames {
-            if frame.len() > MAX_FRAME_LEN {
+            if frame.len() > max_frame {
                 break;
             }
             let Some(slot) = p.tx_free.pop() else {

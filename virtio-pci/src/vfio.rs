@@ -9,6 +9,8 @@
 //! - [`VfioDma`] is ring and buffer memory: an anonymous mapping, pinned and mapped into the IOMMU at an IOVA chosen by
 //!   the caller (`VFIO_IOMMU_MAP_DMA`), presented as a [`ContiguousMemory`] whose device addresses are IOVAs. Drivers
 //!   must negotiate `VIRTIO_F_ACCESS_PLATFORM`: the device then uses those IOVAs through the IOMMU.
+//! - [`VfioPaDma`] is the same for devices that cannot negotiate it (legacy, or transitional through the legacy
+//!   interface): memory in physically contiguous chunks mapped at IOVA = physical address, DPDK's IOVA-as-PA mode.
 //!
 //! The kernel virtualises parts of configuration space (BAR registers, the MSI-X capability's Enable bits: use
 //! [`PciAccess::enable_interrupts`]) and hides the MSI-X table from BAR accesses; the Command register, including Bus
@@ -31,9 +33,13 @@ use vm_memory::mmap::MmapRegion;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::access::{IrqRequest, PciAccess};
+
+#[path = "vfio_pa.rs"]
+mod pa;
 use crate::config::{BarInfo, BarKind};
 use crate::error::{Error as PciError, Result as PciResult};
 use crate::spec::{bar, command, header};
+pub use pa::{contiguous_runs, decode_pagemap, PaChunk, VfioPaDma, HUGE_PAGE_SIZE};
 
 // Region and IRQ indices of a vfio-pci device (linux/vfio.h, `enum { VFIO_PCI_BAR0_REGION_INDEX, ... }`): a stable
 // kernel ABI.
@@ -88,6 +94,37 @@ pub enum VfioError {
         /// What vm-memory reported.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
+    },
+    /// Reading `/proc/self/pagemap` failed (IOVA-as-PA memory, [`VfioPaDma`]).
+    #[error("cannot read /proc/self/pagemap: {source}")]
+    Pagemap {
+        /// What reading it returned.
+        #[source]
+        source: io::Error,
+    },
+    /// `/proc/self/pagemap` shows no page frame numbers: IOVA-as-PA memory needs `CAP_SYS_ADMIN` (run as root).
+    #[error(
+        "/proc/self/pagemap shows no physical addresses: IOVA-as-PA DMA (needed by a device without \
+         ACCESS_PLATFORM) requires CAP_SYS_ADMIN (run as root)"
+    )]
+    NoPhysicalAddresses,
+    /// A page of IOVA-as-PA memory is not resident although it was locked.
+    #[error("page {page} of the DMA memory is not resident")]
+    PageNotPresent {
+        /// Page index in the region.
+        page: usize,
+    },
+    /// Pages moved between reading their physical addresses and pinning them in the IOMMU.
+    #[error("DMA pages moved while being pinned (physical addresses changed)")]
+    PagesMoved,
+    /// Allocating or locking IOVA-as-PA memory failed (`RLIMIT_MEMLOCK`?).
+    #[error("{what} of DMA memory failed: {source}")]
+    Lock {
+        /// The call (`mmap`, `mlock`).
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
     },
     /// A DMA region of zero bytes, not a multiple of the page size, or whose IOVA is not page-aligned or overflows.
     #[error("DMA region of {size:#x} bytes at IOVA {iova:#x} is empty, unaligned or overflows")]
