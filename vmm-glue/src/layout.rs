@@ -135,6 +135,12 @@ pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::assertions_on_constants,
+    clippy::cast_possible_truncation,
+    clippy::indexing_slicing
+)]
 mod tests {
     use super::*;
 
@@ -150,7 +156,10 @@ mod tests {
         assert_eq!(ram_regions(1 << 30), vec![(0, 1 << 30)]);
         assert_eq!(
             ram_regions(4 << 30),
-            vec![(0, PCI_MMIO_START), (HIGH_RAM_START, (4 << 30) - PCI_MMIO_START)]
+            vec![
+                (0, PCI_MMIO_START),
+                (HIGH_RAM_START, (4 << 30) - PCI_MMIO_START)
+            ]
         );
     }
 }
