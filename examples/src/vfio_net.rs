@@ -464,10 +464,14 @@ fn run_with<M: RingMemory>(
         Some(InterruptMode::PerQueueVectors | InterruptMode::SharedVector) => 2 * setup.pairs + 2,
         _ => 0,
     };
-    match args.mode {
+    let result = match args.mode {
         Mode::Pktgen => pktgen(args, &mut d, &setup),
         Mode::Echo | Mode::Responder => serve(args, &mut d, &setup, vectors),
-    }
+    };
+    // Stop the device before the memory goes away: a device without ACCESS_PLATFORM bypasses the IOMMU, so
+    // unmapping would not keep it from writing received frames into freed pages.
+    d.transport_mut().reset();
+    result
 }
 
 fn pktgen<M: RingMemory>(args: &Args, d: &mut Driver<'_, M>, s: &Setup) -> Result<(), String> {
@@ -506,9 +510,9 @@ fn pktgen<M: RingMemory>(args: &Args, d: &mut Driver<'_, M>, s: &Setup) -> Resul
         sent += n as u64;
         if n < want {
             full += 1;
-            if full % 1024 == 0 && deadline.is_some_and(|t| Instant::now() > t) {
-                break;
-            }
+        }
+        if deadline.is_some_and(|t| Instant::now() > t) {
+            break;
         }
         pair = (pair + 1) % s.pairs;
     }
