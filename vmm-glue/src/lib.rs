@@ -32,3 +32,5 @@ pub use legacy::{AcpiSleep, ExitPort, Serial, I8042};
 pub use pci::PciSlotInfo;
 pub use virtio::{MmioSlot, NotifyHook, SharedMmioDevice, SharedPciDevice};
 pub use vm::{ExitReason, GuestRam, RingMemory, Vm, VmConfig, VmControl};
+/// Readiness flags for [`EventLoop::add`] (re-exported from vmm-sys-util).
+pub use vmm_sys_util::epoll::EventSet;

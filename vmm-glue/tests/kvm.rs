@@ -8,6 +8,7 @@
     clippy::indexing_slicing,
     clippy::cast_possible_truncation,
     clippy::panic,
+    clippy::type_complexity,
     missing_docs
 )]
 
@@ -73,7 +74,6 @@ struct Recorder {
 }
 
 impl Recorder {
-    #[allow(clippy::type_complexity)]
     fn new(
         reply: u64,
     ) -> (
