@@ -113,9 +113,11 @@ fn parse_net(spec: &str) -> Result<NetSpec, String> {
         "echo" => Backend::Echo,
         b => match b.strip_prefix("tap=") {
             Some(name) if !name.is_empty() && name.len() <= 15 => Backend::Tap(name.to_owned()),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "--net {spec:?}: the first item must be tap=NAME (at most 15 bytes), user or echo"
-            )),
+            ))
+            }
         },
     };
     let mut net = NetSpec {
@@ -385,11 +387,36 @@ fn run(opts: &Options) -> Result<vmm_glue::ExitReason, String> {
 mod boot {
     //! Loading the kernel and setting up the vCPUs, through vmm-glue's boot and ACPI modules.
     use super::Options;
+    use std::path::Path;
+    use vmm_glue::acpi::{MachineDescription, MmioDeviceDesc, PciHostBridgeDesc};
     use vmm_glue::Vm;
 
     pub(super) fn load(vm: &mut Vm, opts: &Options) -> Result<(), String> {
-        let _ = (vm, opts);
-        Err("kernel loading is not wired yet".into())
+        let vcpus = u8::try_from(vm.vcpus().len()).map_err(|_| "too many vCPUs".to_string())?;
+        let mut machine = MachineDescription::new(opts.mem_mib << 20, vcpus)
+            .with_pci(PciHostBridgeDesc::standard());
+        for slot in vm.mmio_devices() {
+            machine =
+                machine.with_mmio_device(MmioDeviceDesc::new(slot.address, slot.size, slot.gsi));
+        }
+        let info = vmm_glue::boot::load_kernel_file(
+            vm.memory(),
+            &machine,
+            Path::new(&opts.kernel),
+            opts.initrd.as_deref().map(Path::new),
+            &opts.cmdline,
+        )
+        .map_err(|e| format!("loading {:?}: {e}", opts.kernel))?;
+        vmm_glue::boot::mask_legacy_pic(vm.vm_fd()).map_err(|e| format!("PIC: {e}"))?;
+        for (index, vcpu) in (0u8..).zip(vm.vcpus()) {
+            vmm_glue::boot::configure_vcpu(vm.kvm(), vcpu, index, vcpus, &info)
+                .map_err(|e| format!("vCPU {index}: {e}"))?;
+        }
+        eprintln!(
+            "mini-vmm: {:?} kernel, entry {:#x}, {} MiB, {} vCPU(s)",
+            info.kind, info.entry, opts.mem_mib, vcpus
+        );
+        Ok(())
     }
 }
 
