@@ -4,11 +4,11 @@
 //! | step      | what it runs                                                          |
 //! |-----------|-----------------------------------------------------------------------|
 //! | `install` | rustfmt + clippy (stable), the nightly toolchain, cargo-fuzz, nm/cc/c++ |
-//! | `fmt`     | `cargo fmt --all -- --check` (also nostd-proof and fuzz targets)      |
-//! | `clippy`  | `-D warnings` over the feature sets in [`CLIPPY`], plus nostd-proof   |
+//! | `fmt`     | `cargo fmt --all -- --check` (also nostd-proof, guest-kernel and fuzz targets) |
+//! | `clippy`  | `-D warnings` over the feature sets in [`CLIPPY`], plus nostd-proof and guest-kernel |
 //! | `doc`     | `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features` |
 //! | `test`    | `cargo test --workspace --all-features`, then the heavy tiers of `virtio-core`, `virtio-net` and `virtio-sdk-tests` in release with `--include-ignored` |
-//! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF |
+//! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF; builds `examples/guest-kernel` (all four driver crates without std), same checks |
 //! | `package` | `cargo package --no-verify --allow-dirty` of the crates in [`PUBLISHABLE`] |
 //! | `fuzz`    | every `cargo +nightly fuzz list` target for `$FUZZ_SECONDS` s (default 20) |
 //! | `e2e`     | the end-to-end suites in [`E2E_SUITES`] (`cargo xtask e2e SUITE`): QEMU guests, real peers |
@@ -57,7 +57,7 @@ const STEPS: &[(&str, &str, StepFn)] = &[
 ];
 
 /// The end-to-end suites the full test command runs (each prints one PASS/FAIL line per cell).
-const E2E_SUITES: &[&str] = &["vfio-smoke"];
+const E2E_SUITES: &[&str] = &["vfio-smoke", "guest"];
 
 fn e2e(ctx: &Ctx) -> Result<(), String> {
     for suite in E2E_SUITES {
@@ -351,6 +351,13 @@ fn fmt(ctx: &Ctx) -> Result<(), String> {
         "--",
         "--check",
     ]))?;
+    cmd::run(&mut cargo(&[
+        "fmt",
+        "--manifest-path",
+        "examples/guest-kernel/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
     // The fuzz crate has no library target, so `cargo fmt` cannot load it while it has no
     // fuzz targets; check the target files directly.
     let targets = fuzz_target_files(&ctx.root)?;
@@ -398,6 +405,16 @@ fn clippy(ctx: &Ctx) -> Result<(), String> {
         "--target-dir",
     ]);
     c.arg(&target_dir).args(["--", "-D", "warnings"]);
+    cmd::run(&mut c)?;
+    let mut c = cargo(&[
+        "clippy",
+        "--release",
+        "--manifest-path",
+        "examples/guest-kernel/Cargo.toml",
+        "--target-dir",
+    ]);
+    c.arg(crate::guest_e2e::kernel_target_dir()?)
+        .args(["--", "-D", "warnings"]);
     cmd::run(&mut c)
 }
 
@@ -471,6 +488,38 @@ fn nostd(ctx: &Ctx) -> Result<(), String> {
     crate::elf::check_static_executable(&image).map_err(|e| format!("{}: {e}", bin.display()))?;
     println!(
         "{}: static ELF executable, {} bytes",
+        bin.display(),
+        image.len()
+    );
+    nostd_guest_kernel()
+}
+
+/// Builds the bare-metal guest kernel, which links virtio-core, virtio-mmio, virtio-pci and virtio-net without
+/// `std` (a `no_std` break in any of them fails here), and checks it is a self-contained static image. It runs in
+/// `cargo xtask e2e guest`.
+fn nostd_guest_kernel() -> Result<(), String> {
+    let target_dir = crate::guest_e2e::kernel_target_dir()?;
+    let mut build = cargo(&[
+        "build",
+        "--release",
+        "--manifest-path",
+        "examples/guest-kernel/Cargo.toml",
+        "--target-dir",
+    ]);
+    build.arg(&target_dir);
+    cmd::run(&mut build)?;
+    let bin = target_dir.join("release").join("guest-kernel");
+    let mut nm = Command::new("nm");
+    nm.arg("-u").arg(&bin);
+    let undefined = cmd::output(&mut nm)?;
+    if !undefined.trim().is_empty() {
+        return Err(format!("guest-kernel has undefined symbols:\n{undefined}"));
+    }
+    let image = fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    crate::elf::check_static_executable(&image).map_err(|e| format!("{}: {e}", bin.display()))?;
+    println!(
+        "{}: static ELF executable, {} bytes, no undefined symbols (virtio-core, virtio-mmio, virtio-pci, \
+         virtio-net linked without std)",
         bin.display(),
         image.len()
     );
