@@ -253,12 +253,16 @@ type RxPump = Arc<dyn Fn(u16) + Send + Sync>;
 
 /// Attaches one virtio-net device over `backend`; returns a function that moves received frames of a queue pair
 /// into the guest.
+///
+/// `rx_after_kick`: the backend produces frames in response to transmits (echo, slirp), so receive after every kick.
+/// `poll`: run before each receive pass (libslirp's socket and timer processing).
 fn attach<B: NetBackend + Send + 'static>(
     vm: &mut Vm,
     net: &NetSpec,
     index: usize,
     backend: B,
-    echo: bool,
+    rx_after_kick: bool,
+    poll: Option<fn(&mut B)>,
 ) -> Result<RxPump, String> {
     let b = builder(net, index);
     let err = |e: vmm_glue::Error| format!("attaching net{index}: {e}");
@@ -276,10 +280,12 @@ fn attach<B: NetBackend + Send + 'static>(
                 b = b.without(Features::VERSION_1);
             }
             let device: NetDevice<B, RingMemory, MmioInterrupt> = b.build(backend);
-            // The echo backend produces frames only when the guest transmits: deliver them after each kick.
-            let hook: Option<vmm_glue::NotifyHook<_>> = echo.then(|| {
+            let hook: Option<vmm_glue::NotifyHook<_>> = rx_after_kick.then(|| {
                 Box::new(
-                    |d: &mut NetDevice<B, RingMemory, MmioInterrupt>, queue: u16| {
+                    move |d: &mut NetDevice<B, RingMemory, MmioInterrupt>, queue: u16| {
+                        if let Some(poll) = poll {
+                            poll(d.backend_mut());
+                        }
                         let _ = d.process_rx(queue / 2);
                     },
                 ) as vmm_glue::NotifyHook<_>
@@ -297,6 +303,9 @@ fn attach<B: NetBackend + Send + 'static>(
             );
             Ok(Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(poll) = poll {
+                    poll(d.device_mut().backend_mut());
+                }
                 let _ = d.device_mut().process_rx(pair);
             }))
         }
@@ -308,9 +317,12 @@ fn attach<B: NetBackend + Send + 'static>(
             };
             let device: NetDevice<B, RingMemory, PciInterrupt> = b.build(backend);
             let options = PciOptions::new(variant).config_len(device.config_len());
-            let hook: Option<vmm_glue::NotifyHook<_>> = echo.then(|| {
+            let hook: Option<vmm_glue::NotifyHook<_>> = rx_after_kick.then(|| {
                 Box::new(
-                    |d: &mut NetDevice<B, RingMemory, PciInterrupt>, queue: u16| {
+                    move |d: &mut NetDevice<B, RingMemory, PciInterrupt>, queue: u16| {
+                        if let Some(poll) = poll {
+                            poll(d.backend_mut());
+                        }
                         let _ = d.process_rx(queue / 2);
                     },
                 ) as vmm_glue::NotifyHook<_>
@@ -322,6 +334,9 @@ fn attach<B: NetBackend + Send + 'static>(
             );
             Ok(Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(poll) = poll {
+                    poll(d.device_mut().backend_mut());
+                }
                 let _ = d.device_mut().process_rx(pair);
             }))
         }
@@ -334,7 +349,7 @@ fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
             let tap = Tap::open(&TapConfig::new().name(name).queue_pairs(net.pairs))
                 .map_err(|e| format!("opening tap {name:?}: {e}"))?;
             let fds: Vec<i32> = (0..net.pairs).filter_map(|p| tap.readiness_fd(p)).collect();
-            let pump = attach(vm, net, index, tap, false)?;
+            let pump = attach(vm, net, index, tap, false, None)?;
             for (pair, fd) in (0u16..).zip(fds) {
                 let pump = pump.clone();
                 // Edge-triggered: a pass drains the tap until it is empty or the guest has no buffers; in the
@@ -350,7 +365,7 @@ fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
         }
         Backend::Echo => {
             let end = PairEnd::loopback(PairConfig::new().queue_pairs(net.pairs));
-            attach(vm, net, index, end, true).map(|_| ())
+            attach(vm, net, index, end, true, None).map(|_| ())
         }
         Backend::User => add_user(vm, net, index),
     }
@@ -358,9 +373,34 @@ fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
 
 #[cfg(feature = "slirp")]
 fn add_user(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
     use virtio_net::slirp::{Slirp, SlirpConfig};
-    let _ = (vm, net, index, Slirp::new(&SlirpConfig::new()));
-    Err("--net user: not wired into the event loop yet".into())
+    use vmm_glue::vmm_sys_util::timerfd::TimerFd;
+
+    if net.pairs != 1 {
+        return Err("--net user: libslirp serves one queue pair (mq=1)".into());
+    }
+    let slirp = Slirp::new(&SlirpConfig::new()).map_err(|e| format!("libslirp: {e}"))?;
+    let poll: fn(&mut Slirp) = |s| {
+        // Socket and timer processing without blocking the event loop.
+        let _ = s.poll_once(Duration::ZERO);
+    };
+    let pump = attach(vm, net, index, slirp, true, Some(poll))?;
+    // libslirp's sockets are polled every 2 ms from the event loop (its fds change as connections come and go).
+    let mut timer = TimerFd::new().map_err(|e| format!("timerfd: {e}"))?;
+    timer
+        .reset(Duration::from_millis(2), Some(Duration::from_millis(2)))
+        .map_err(|e| format!("timerfd: {e}"))?;
+    let fd = timer.as_raw_fd();
+    vm.event_loop()
+        .add(fd, EventSet::IN, move |_, _| {
+            let _ = timer.wait();
+            pump(0);
+            Action::Continue
+        })
+        .map_err(|e| format!("watching slirp: {e}"))?;
+    Ok(())
 }
 
 #[cfg(not(feature = "slirp"))]

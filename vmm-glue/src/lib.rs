@@ -32,5 +32,7 @@ pub use legacy::{AcpiSleep, ExitPort, Serial, I8042};
 pub use pci::PciSlotInfo;
 pub use virtio::{MmioSlot, NotifyHook, SharedMmioDevice, SharedPciDevice};
 pub use vm::{ExitReason, GuestRam, RingMemory, Vm, VmConfig, VmControl};
+/// The vmm-sys-util crate this crate's API uses (eventfds, timerfds, epoll flags).
+pub use vmm_sys_util;
 /// Readiness flags for [`EventLoop::add`] (re-exported from vmm-sys-util).
 pub use vmm_sys_util::epoll::EventSet;
