@@ -312,6 +312,19 @@ fn answer(
     }
 }
 
+/// The queue pair a UDP reply goes out on: its source port (our port) modulo the pairs. A multi-queue backend that
+/// steers each flow's receive side to the queue the flow was last sent from (Linux tun's automatic queue selection,
+/// like accelerated RFS) then spreads flows to different ports over the pairs. `None` for other frames (they leave
+/// on the pair they came from).
+fn flow_pair(f: &[u8], pairs: u16) -> Option<u16> {
+    if pairs < 2 || f.len() < 34 || f[12..14] != ETH_IPV4.to_be_bytes() || f[23] != IP_UDP {
+        return None;
+    }
+    let l4 = 14 + usize::from(f[14] & 0xf) * 4;
+    let port = u16::from_be_bytes([*f.get(l4)?, *f.get(l4 + 1)?]);
+    Some(port % pairs)
+}
+
 /// A UDP frame of `size` bytes (at least 60) from `mac`/`ip` to `dst_mac`/`dst_ip`, ports 9 → 9, valid checksums.
 fn udp_frame(
     size: usize,
@@ -589,25 +602,34 @@ fn serve<M: RingMemory>(
                 first_rx = Some(Instant::now());
             }
             got_any |= n > 0;
-            let mut done = 0;
-            let mut tries = 0;
-            while done < n {
-                let frames: Vec<&[u8]> = bufs[done..n]
-                    .iter()
-                    .zip(&lens[done..n])
-                    .map(|(b, &l)| &b[..l.min(BUF)])
-                    .collect();
-                let q = d
-                    .send_burst(pair, &frames, &header)
-                    .map_err(|e| format!("send: {e}"))?;
-                done += q;
-                c.tx += q as u64;
-                if q == 0 {
-                    tries += 1;
-                    let _ = d.reclaim_tx(pair);
-                    if tries > 10_000 {
-                        c.tx_dropped += (n - done) as u64;
-                        break;
+            // Replies go out on the pair their flow is steered to (see `flow_pair`), in bursts.
+            for target in 0..s.pairs {
+                let mut refs: [&[u8]; 256] = [&[]; 256];
+                let mut m = 0;
+                for (b, &l) in bufs[..n].iter().zip(&lens[..n]) {
+                    let frame = &b[..l.min(BUF)];
+                    if flow_pair(frame, s.pairs).unwrap_or(pair) == target {
+                        if let Some(r) = refs.get_mut(m) {
+                            *r = frame;
+                            m += 1;
+                        }
+                    }
+                }
+                let mut done = 0;
+                let mut tries = 0;
+                while done < m {
+                    let q = d
+                        .send_burst(target, &refs[done..m], &header)
+                        .map_err(|e| format!("send: {e}"))?;
+                    done += q;
+                    c.tx += q as u64;
+                    if q == 0 {
+                        tries += 1;
+                        let _ = d.reclaim_tx(target);
+                        if tries > 10_000 {
+                            c.tx_dropped += (m - done) as u64;
+                            break;
+                        }
                     }
                 }
             }
