@@ -1,22 +1,37 @@
-//! The two entry points, the page tables, the GDT and the exception stubs.
+//! The two entry points, the page tables, the GDT/TSS/IDT and the exception stubs.
 //!
 //! - **`_start32`**, named by the PVH ELF note (`XEN_ELFNOTE_PHYS32_ENTRY`): how QEMU's `-kernel` starts the image.
 //!   The CPU is in 32-bit protected mode with paging off, flat segments, `ebx` = physical address of the
-//!   `hvm_start_info`, no usable stack (Xen PVH boot ABI, as QEMU's `pvh.bin` option ROM implements it).
+//!   `hvm_start_info`, no usable stack (Xen PVH boot ABI, as QEMU's `pvh.bin` option ROM implements it). This path
+//!   clears `.bss`, builds page tables identity-mapping [`PVH_MAPPED_GIB`] GiB (RAM, the microvm virtio-mmio windows
+//!   and 32- or 64-bit PCI BARs wherever SeaBIOS put them), enables long mode and runs the kernel in ring 0.
 //! - **`_start64`**, the ELF `e_entry`: how mini-vmm starts it, already in 64-bit long mode with interrupts off and
-//!   some identity map.
+//!   some identity map. This path builds its own page tables too (identity map of the first [`LONG64_MAPPED_GIB`]
+//!   GiB, where mini-vmm puts RAM, PCI BARs and virtio-mmio slots), then **drops to ring 3** (IOPL 3, so port I/O
+//!   still works) and runs the kernel there. Reason: this machine's `/dev/kvm` is `kvm-pvm`, which runs guest user
+//!   mode natively but emulates guest ring-0 code instruction by instruction with KVM's x86 emulator; that is slow
+//!   and fails on the first SSE instruction Rust code executes (`kvm-pvm: INTERNAL_ERROR in batch emul`). `.bss` is
+//!   not cleared on this path: the ELF loader zero-fills `p_memsz` beyond `p_filesz`, as the ELF format requires
+//!   (clearing 26 MiB in emulated ring 0 took 17 s).
 //!
-//! Both clear `.bss`, build the same page tables (identity map of the first [`MAPPED_GIB`] GiB with 2 MiB pages, so
-//! that RAM, the virtio-mmio windows and 32- or 64-bit PCI BARs are all reachable at their physical address), load
-//! our GDT, enable SSE (Rust code uses `xmm` registers), switch to the stack below and call
-//! [`crate::kernel_main`] with the boot kind. Nothing here depends on the state the loader left beyond what its
-//! ABI promises.
+//! Page-table entries carry the user bit so that ring 3 reaches everything. Exceptions (from either ring) land on
+//! the stubs below, which print `FAIL guest exception ...` and exit; other vectors return at once (every interrupt
+//! source stays masked, the kernel polls).
 
-/// Gibibytes of physical address space identity-mapped (2 MiB pages, one page directory per GiB).
-pub(crate) const MAPPED_GIB: usize = 64;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-/// Bytes of the boot stack.
+/// GiB identity-mapped on the PVH path (2 MiB pages, one page directory per GiB).
+const PVH_MAPPED_GIB: usize = 64;
+/// GiB identity-mapped on the 64-bit (mini-vmm) path.
+const LONG64_MAPPED_GIB: usize = 4;
+
+/// Bytes of the boot stack (the kernel's stack in ring 0 or ring 3).
 const STACK_BYTES: usize = 128 * 1024;
+/// Bytes of the ring-0 stack exceptions switch to from ring 3 (TSS `RSP0`).
+const KERNEL_STACK_BYTES: usize = 32 * 1024;
+
+/// Whether the kernel runs in ring 3 (the 64-bit path), where the exit loop must not use `hlt`.
+static USER_MODE: AtomicBool = AtomicBool::new(false);
 
 /// How the image was entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,23 +42,46 @@ pub(crate) enum BootKind {
     Long64,
 }
 
-/// Page tables and stack; in `.bss`, so zeroed by the entry code before use.
+impl BootKind {
+    /// The identity-mapped physical address space, in bytes.
+    pub(crate) fn mapped_bytes(self) -> u64 {
+        let gib = match self {
+            Self::Pvh => PVH_MAPPED_GIB,
+            Self::Long64 => LONG64_MAPPED_GIB,
+        };
+        (gib as u64) << 30
+    }
+}
+
+/// Page tables and stacks.
 #[repr(C, align(4096))]
 struct BootMemory {
     pml4: [u64; 512],
     pdpt: [u64; 512],
-    pd: [[u64; 512]; MAPPED_GIB],
+    pd: [[u64; 512]; PVH_MAPPED_GIB],
     stack: [u8; STACK_BYTES],
+    kernel_stack: [u8; KERNEL_STACK_BYTES],
 }
 
-/// Only the assembly below touches it (by symbol), before any Rust code runs.
+/// Only the assembly below and [`enter_user`] touch it (by address), never through references.
 #[no_mangle]
 static mut BOOT_MEMORY: BootMemory = BootMemory {
     pml4: [0; 512],
     pdpt: [0; 512],
-    pd: [[0; 512]; MAPPED_GIB],
+    pd: [[0; 512]; PVH_MAPPED_GIB],
     stack: [0; STACK_BYTES],
+    kernel_stack: [0; KERNEL_STACK_BYTES],
 };
+
+/// Selector of the 64-bit kernel code segment.
+const KERNEL_CS: u64 = 0x08;
+/// [`KERNEL_CS`] for 32-bit registers.
+const KERNEL_CS_32: u32 = 0x08;
+/// Selector of the TSS (a 16-byte descriptor at 0x18 and 0x20).
+const TSS_SELECTOR: u16 = 0x18;
+/// `IA32_SYSENTER_CS`: SYSEXIT to 64-bit mode loads CS = this + 32 (0x28, user code) and SS = this + 40 (0x30,
+/// user data), both with RPL 3.
+const MSR_SYSENTER_CS: u32 = 0x174;
 
 /// Called by the entry code, on the boot stack, with paging, GDT and SSE set up.
 extern "C" fn rust_entry(kind: u32, start_info: u32) -> ! {
@@ -52,7 +90,16 @@ extern "C" fn rust_entry(kind: u32, start_info: u32) -> ! {
     } else {
         BootKind::Long64
     };
-    crate::kernel_main(kind, start_info)
+    install_idt();
+    match kind {
+        BootKind::Pvh => crate::kernel_main(kind, start_info),
+        BootKind::Long64 => enter_user(),
+    }
+}
+
+/// Ring-3 entry of the 64-bit path (reached by SYSEXIT).
+extern "C" fn user_entry() -> ! {
+    crate::kernel_main(BootKind::Long64, 0)
 }
 
 core::arch::global_asm!(
@@ -66,17 +113,23 @@ core::arch::global_asm!(
     .balign 4
     .quad _start32
 
-    .section .rodata.boot, "a"
+    /* Writable: LTR marks the TSS descriptor busy, and `enter_user` fills in the TSS base. */
+    .section .data.boot, "aw"
     .balign 16
-boot_gdt:
-    .quad 0                         /* null */
-    .quad 0x00af9a000000ffff        /* 0x08: 64-bit code, DPL 0 */
-    .quad 0x00cf92000000ffff        /* 0x10: flat data */
+    .globl BOOT_GDT
+BOOT_GDT:
+    .quad 0                         /* 0x00 null */
+    .quad 0x00af9a000000ffff        /* 0x08 64-bit code, DPL 0 */
+    .quad 0x00cf92000000ffff        /* 0x10 data, DPL 0 */
+    .quad 0                         /* 0x18 TSS, low half (filled by enter_user) */
+    .quad 0                         /* 0x20 TSS, high half */
+    .quad 0x00affa000000ffff        /* 0x28 64-bit code, DPL 3 */
+    .quad 0x00cff2000000ffff        /* 0x30 data, DPL 3 */
 boot_gdt_end:
     .balign 16
 boot_gdt_ptr:
-    .word boot_gdt_end - boot_gdt - 1
-    .quad boot_gdt
+    .word boot_gdt_end - BOOT_GDT - 1
+    .quad BOOT_GDT
 
     .section .text.boot, "ax"
     .code32
@@ -93,7 +146,7 @@ _start32:
     rep stosb
     /* PML4[0] -> PDPT */
     mov eax, offset BOOT_MEMORY + 4096
-    or eax, 3
+    or eax, 7
     mov dword ptr [BOOT_MEMORY], eax
     /* PDPT[i] -> PD[i] */
     xor ecx, ecx
@@ -101,23 +154,23 @@ _start32:
     mov eax, ecx
     shl eax, 12
     add eax, offset BOOT_MEMORY + 8192
-    or eax, 3
+    or eax, 7
     mov dword ptr [BOOT_MEMORY + 4096 + ecx * 8], eax
     inc ecx
-    cmp ecx, {gib}
+    cmp ecx, {pvh_gib}
     jb 2b
-    /* PD entries: 2 MiB pages, present | writable | PS; the high dword holds address bits 32.. */
+    /* PD entries: 2 MiB pages, present | writable | user | PS; the high dword holds address bits 32.. */
     xor ecx, ecx
 3:
     mov eax, ecx
     shl eax, 21
-    or eax, 0x83
+    or eax, 0x87
     mov dword ptr [BOOT_MEMORY + 8192 + ecx * 8], eax
     mov eax, ecx
     shr eax, 11
     mov dword ptr [BOOT_MEMORY + 8192 + ecx * 8 + 4], eax
     inc ecx
-    cmp ecx, {gib} * 512
+    cmp ecx, {pvh_gib} * 512
     jb 3b
     /* CR4: PAE | OSFXSR | OSXMMEXCPT */
     mov eax, cr4
@@ -153,16 +206,9 @@ long_from_pvh:
 _start64:
     cli
     cld
-    mov r8d, esi                    /* keep whatever the loader passed; unused */
-    /* Clear .bss. */
-    lea rdi, [rip + __bss_start]
-    lea rcx, [rip + __bss_end]
-    sub rcx, rdi
-    xor eax, eax
-    rep stosb
-    /* Page tables, as above. */
+    /* Page tables (no .bss clearing on this path, see the module documentation). */
     lea rax, [rip + BOOT_MEMORY + 4096]
-    or rax, 3
+    or rax, 7
     mov qword ptr [rip + BOOT_MEMORY], rax
     lea rdx, [rip + BOOT_MEMORY + 4096]
     lea r9, [rip + BOOT_MEMORY + 8192]
@@ -171,19 +217,19 @@ _start64:
     mov rax, rcx
     shl rax, 12
     add rax, r9
-    or rax, 3
+    or rax, 7
     mov qword ptr [rdx + rcx * 8], rax
     inc ecx
-    cmp ecx, {gib}
+    cmp ecx, {long_gib}
     jb 4b
     xor ecx, ecx
 5:
     mov rax, rcx
     shl rax, 21
-    or rax, 0x83
+    or rax, 0x87
     mov qword ptr [r9 + rcx * 8], rax
     inc ecx
-    cmp ecx, {gib} * 512
+    cmp ecx, {long_gib} * 512
     jb 5b
     mov rax, cr4
     or rax, 0x620
@@ -219,9 +265,23 @@ common64:
     cli
     hlt
     jmp 7b
+
+    /* enter_user_asm(rip = rdi, rsp = rsi): to ring 3 with SYSEXIT (REX.W: 64-bit), IOPL 3 and IF set. */
+    .globl enter_user_asm
+enter_user_asm:
+    pushfq
+    or qword ptr [rsp], 0x3200
+    popfq
+    xor eax, eax
+    mov ds, ax
+    mov es, ax
+    mov rdx, rdi
+    mov rcx, rsi
+    .byte 0x48, 0x0f, 0x35          /* sysexitq */
     "#,
-    gib = const MAPPED_GIB,
-    stack_top = const 8192 + MAPPED_GIB * 4096 + STACK_BYTES,
+    pvh_gib = const PVH_MAPPED_GIB,
+    long_gib = const LONG64_MAPPED_GIB,
+    stack_top = const 8192 + PVH_MAPPED_GIB * 4096 + STACK_BYTES,
     entry = sym rust_entry,
 );
 
@@ -242,6 +302,10 @@ isr_\n:
     push \n
     jmp isr_common
     .endr
+    /* Vectors 32..256 (external interrupts; none is expected, every line is masked): ignored. */
+    .globl isr_ignore
+isr_ignore:
+    iretq
 isr_common:
     mov rdi, [rsp]
     mov rsi, [rsp + 8]
@@ -267,6 +331,12 @@ ISR_TABLE:
 extern "C" {
     /// Addresses of the 32 exception stubs above.
     static ISR_TABLE: [u64; 32];
+    /// The stub of every other vector.
+    fn isr_ignore();
+    /// The GDT above (7 descriptors).
+    static mut BOOT_GDT: [u64; 7];
+    /// Switches to ring 3 at `rip` with stack `rsp`; see the assembly.
+    fn enter_user_asm(rip: u64, rsp: u64) -> !;
 }
 
 /// An interrupt gate descriptor (Intel SDM vol. 3 §6.14.1).
@@ -274,11 +344,26 @@ extern "C" {
 #[repr(C, align(16))]
 struct Gate([u64; 2]);
 
+/// IDT entries: all 256 vectors.
+const VECTORS: usize = 256;
+
 #[repr(C, align(16))]
-struct Idt([Gate; 32]);
+struct Idt([Gate; VECTORS]);
 
 /// Filled once by [`install_idt`], before anything can fault on purpose.
-static mut IDT: Idt = Idt([Gate([0; 2]); 32]);
+static mut IDT: Idt = Idt([Gate([0; 2]); VECTORS]);
+
+/// Bytes of the TSS proper (Intel SDM vol. 3 §8.7).
+const TSS_BYTES: usize = 104;
+/// Bytes of the I/O permission bitmap: one bit per port, all clear (allowed), then the required all-ones byte.
+const IO_BITMAP_BYTES: usize = 65536 / 8 + 1;
+
+/// The 64-bit TSS: `RSP0` (bytes 4..12), the I/O map base (bytes 102..104) and an I/O permission bitmap that
+/// allows every port, so ring 3 can do port I/O whatever IOPL the hypervisor lets it have.
+#[repr(C, align(16))]
+struct Tss([u8; TSS_BYTES + IO_BITMAP_BYTES]);
+
+static mut TSS: Tss = Tss([0; TSS_BYTES + IO_BITMAP_BYTES]);
 
 #[repr(C, packed)]
 struct DescriptorPointer {
@@ -286,14 +371,17 @@ struct DescriptorPointer {
     base: u64,
 }
 
-/// Installs an IDT whose 32 exception vectors print `FAIL guest exception ...` and exit.
-pub(crate) fn install_idt() {
+/// Installs an IDT whose 32 exception vectors print `FAIL guest exception ...` and exit, and whose other vectors
+/// return at once.
+fn install_idt() {
     // SAFETY: ISR_TABLE is an immutable table of 32 addresses defined in the assembly above.
     let table = unsafe { core::ptr::addr_of!(ISR_TABLE).read() };
+    let ignore = isr_ignore as *const () as u64;
     let idt = core::ptr::addr_of_mut!(IDT);
-    for (vector, handler) in table.iter().enumerate() {
+    let handlers = table.iter().copied().chain(core::iter::repeat(ignore));
+    for (vector, handler) in handlers.take(VECTORS).enumerate() {
         let low = (handler & 0xffff)
-            | (0x08 << 16)                      // code segment selector
+            | (KERNEL_CS << 16)                 // code segment selector
             | (0x8e00 << 32)                    // present, DPL 0, 64-bit interrupt gate
             | (((handler >> 16) & 0xffff) << 48);
         let high = handler >> 32;
@@ -301,12 +389,12 @@ pub(crate) fn install_idt() {
         // SAFETY: projecting to the field of the static IDT through a raw pointer creates no reference.
         let gates = unsafe { core::ptr::addr_of_mut!((*idt).0) };
         let slot = gates.cast::<Gate>().wrapping_add(vector);
-        // SAFETY: single-threaded boot code; `vector < 32` keeps `slot` inside the 32-entry table, and the CPU does
+        // SAFETY: single-threaded boot code; `vector < VECTORS` keeps `slot` inside the table, and the CPU does
         // not read the IDT until it is loaded below.
         unsafe { slot.write(gate) };
     }
     let pointer = DescriptorPointer {
-        limit: 32 * 16 - 1,
+        limit: 0xfff, // VECTORS * 16 - 1
         base: idt as u64,
     };
     // SAFETY: `pointer` describes the static IDT filled above, whose gates point at the stubs in this module.
@@ -315,10 +403,63 @@ pub(crate) fn install_idt() {
     }
 }
 
+/// Sets up the TSS (ring-0 stack for exceptions from ring 3) and SYSEXIT, then continues in ring 3 at
+/// [`user_entry`] on the boot stack.
+fn enter_user() -> ! {
+    let memory = core::ptr::addr_of_mut!(BOOT_MEMORY);
+    // SAFETY: projecting to a field of the static through a raw pointer creates no reference.
+    let stack = unsafe { core::ptr::addr_of_mut!((*memory).stack) };
+    // SAFETY: as above.
+    let kernel_stack = unsafe { core::ptr::addr_of_mut!((*memory).kernel_stack) };
+    let stack_top = stack as u64 + STACK_BYTES as u64;
+    let kernel_stack_top = kernel_stack as u64 + KERNEL_STACK_BYTES as u64;
+    let tss = core::ptr::addr_of_mut!(TSS).cast::<u8>();
+    let io_map_base = u16::try_from(TSS_BYTES).unwrap_or(0);
+    let fields: [(usize, &[u8]); 3] = [
+        (4, &kernel_stack_top.to_le_bytes()),
+        (102, &io_map_base.to_le_bytes()),
+        (TSS_BYTES + IO_BITMAP_BYTES - 1, &[0xff]),
+    ];
+    for (offset, bytes) in fields {
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: `offset + i` stays inside the static TSS (every offset above is below its size); nothing
+            // else accesses it yet. The rest of it (the bitmap) stays zero: every port allowed.
+            unsafe { tss.wrapping_add(offset + i).write(*b) };
+        }
+    }
+    let base = tss as u64;
+    let limit = (TSS_BYTES + IO_BITMAP_BYTES - 1) as u64;
+    let low = limit | ((base & 0xff_ffff) << 16) | (0x89 << 40) | (((base >> 24) & 0xff) << 56);
+    let gdt = core::ptr::addr_of_mut!(BOOT_GDT).cast::<u64>();
+    // SAFETY: entries 3 and 4 of the 7-entry GDT are the TSS descriptor; no segment register refers to them yet.
+    unsafe { gdt.wrapping_add(3).write(low) };
+    // SAFETY: as above.
+    unsafe { gdt.wrapping_add(4).write(base >> 32) };
+    // SAFETY: the descriptor just written describes the static TSS; LTR only marks it busy.
+    unsafe {
+        core::arch::asm!("ltr {0:x}", in(reg) TSS_SELECTOR, options(nostack, preserves_flags))
+    };
+    // SAFETY: IA32_SYSENTER_CS = the kernel code selector, so SYSEXIT loads the ring-3 selectors of our GDT.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") MSR_SYSENTER_CS, in("eax") KERNEL_CS_32, in("edx") 0u32,
+            options(nostack, preserves_flags));
+    }
+    USER_MODE.store(true, Ordering::Relaxed);
+    // SAFETY: the page tables grant ring 3 everything, the TSS gives exceptions a ring-0 stack, and `user_entry`
+    // never returns; the boot stack is abandoned by the ring-0 frames and reused from its top.
+    // `user_entry` is entered as if called: `rsp + 8` 16-byte aligned (the SysV ABI's alignment at a call).
+    unsafe { enter_user_asm(user_entry as *const () as u64, stack_top - 8) }
+}
+
+/// Whether the kernel runs in ring 3.
+pub(crate) fn user_mode() -> bool {
+    USER_MODE.load(Ordering::Relaxed)
+}
+
 /// Called by the exception stubs: reports the fault on the serial port and exits with the panic code.
 extern "C" fn exception_entry(vector: u64, error: u64, rip: u64) -> ! {
     let cr2: u64;
-    // SAFETY: reading CR2 has no side effects (we run at CPL 0).
+    // SAFETY: reading CR2 has no side effects (exception handlers run in ring 0).
     unsafe {
         core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack, preserves_flags))
     };

@@ -137,8 +137,12 @@ pub(crate) fn exit(value: u32) -> ! {
     // SAFETY: the exit port belongs to the VMM's exit device; the write ends the VM.
     unsafe { outl(EXIT_PORT, value) };
     loop {
-        // SAFETY: `cli; hlt` only stops this CPU (reached if the VMM has no exit device).
-        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        if crate::boot::user_mode() {
+            core::hint::spin_loop();
+        } else {
+            // SAFETY: `cli; hlt` only stops this CPU (reached if the VMM has no exit device).
+            unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        }
     }
 }
 

@@ -61,7 +61,6 @@ const MICROVM_MMIO: (u64, u64, usize) = (0xfeb0_0000, 0x200, 24);
 
 /// Called by the boot code on our own stack and page tables.
 pub(crate) fn kernel_main(kind: BootKind, start_info: u32) -> ! {
-    boot::install_idt();
     println!("guest-kernel: boot={kind:?} start_info={start_info:#x}");
     let (base, stride, count) = match kind {
         BootKind::Pvh => MICROVM_MMIO,
@@ -89,7 +88,7 @@ pub(crate) fn kernel_main(kind: BootKind, start_info: u32) -> ! {
         println!("guest-kernel: virtio-net on virtio-mmio at {addr:#x} ({name})");
         run(transport, name);
     }
-    if let Some(access) = pci::PortPci::find_net() {
+    if let Some(access) = pci::PortPci::find_net(kind.mapped_bytes()) {
         let (device, function) = access.location();
         let transport = match PciTransport::new(access) {
             Ok(t) => t,

@@ -32,6 +32,8 @@ pub(crate) struct PortPci {
     device: u8,
     function: u8,
     bars: [BarBase; 6],
+    /// End of the identity-mapped physical address space.
+    mapped: u64,
 }
 
 fn address(device: u8, function: u8, offset: u16) -> u32 {
@@ -47,8 +49,9 @@ fn read32(device: u8, function: u8, offset: u16) -> u32 {
 }
 
 impl PortPci {
-    /// Scans bus 0 for a virtio-net function and returns the first one, with its BAR addresses read.
-    pub(crate) fn find_net() -> Option<Self> {
+    /// Scans bus 0 for a virtio-net function and returns the first one, with its BAR addresses read. Memory BARs
+    /// are reached through the identity map, which covers physical addresses below `mapped`.
+    pub(crate) fn find_net(mapped: u64) -> Option<Self> {
         for device in 0..32u8 {
             for function in 0..8u8 {
                 let id = read32(device, function, 0);
@@ -61,7 +64,7 @@ impl PortPci {
                 }
                 let dev_id = u16::try_from(id >> 16).unwrap_or(0);
                 if vendor == VIRTIO_VENDOR && (dev_id == NET_TRANSITIONAL || dev_id == NET_MODERN) {
-                    return Some(Self::new(device, function));
+                    return Some(Self::new(device, function, mapped));
                 }
                 // Single-function device: functions 1..8 are not decoded.
                 let header_type = read32(device, function, 0x0c) >> 16 & 0xff;
@@ -73,7 +76,7 @@ impl PortPci {
         None
     }
 
-    fn new(device: u8, function: u8) -> Self {
+    fn new(device: u8, function: u8, mapped: u64) -> Self {
         let mut bars = [BarBase::Unused; 6];
         let mut index = 0usize;
         while index < 6 {
@@ -100,6 +103,7 @@ impl PortPci {
             device,
             function,
             bars,
+            mapped,
         }
     }
 
@@ -200,7 +204,7 @@ impl PciAccess for PortPci {
                 let Some(addr) = base.checked_add(offset) else {
                     return;
                 };
-                mmio_read(addr, data);
+                mmio_read(addr, data, self.mapped);
             }
             BarBase::Unused => {}
         }
@@ -234,7 +238,7 @@ impl PciAccess for PortPci {
                 let Some(addr) = base.checked_add(offset) else {
                     return;
                 };
-                mmio_write(addr, data);
+                mmio_write(addr, data, self.mapped);
             }
             BarBase::Unused => {}
         }
@@ -248,9 +252,8 @@ impl PciAccess for PortPci {
     }
 }
 
-/// Whether `addr` can be reached through the boot identity map.
-fn mapped(addr: u64, len: usize) -> bool {
-    let limit = (crate::boot::MAPPED_GIB as u64) << 30;
+/// Whether `addr..addr + len` lies below `limit`, the end of the identity map.
+fn mapped(addr: u64, len: usize, limit: u64) -> bool {
     addr.checked_add(len as u64).is_some_and(|end| end <= limit)
 }
 
@@ -277,8 +280,8 @@ unsafe fn write_reg<T: Copy>(at: usize, value: T) {
 
 /// Reads `data.len()` bytes of device memory at physical `addr`, with one access of that width when it is 1, 2, 4
 /// or 8 and aligned (device registers care about access width), bytewise otherwise.
-fn mmio_read(addr: u64, data: &mut [u8]) {
-    if !mapped(addr, data.len()) {
+fn mmio_read(addr: u64, data: &mut [u8], limit: u64) {
+    if !mapped(addr, data.len(), limit) {
         return;
     }
     let Ok(at) = usize::try_from(addr) else {
@@ -313,8 +316,8 @@ fn mmio_read(addr: u64, data: &mut [u8]) {
 }
 
 /// Writes `data` to device memory at physical `addr` (widths as for [`mmio_read`]).
-fn mmio_write(addr: u64, data: &[u8]) {
-    if !mapped(addr, data.len()) {
+fn mmio_write(addr: u64, data: &[u8], limit: u64) {
+    if !mapped(addr, data.len(), limit) {
         return;
     }
     let Ok(at) = usize::try_from(addr) else {
