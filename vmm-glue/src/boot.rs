@@ -46,8 +46,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_irqchip, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    kvm_fpu, kvm_irqchip, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr,
+    kvm_xcrs, Msrs, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
     KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
@@ -714,13 +714,40 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, index: u8, vcpu_count: u8) -> Resul
         }
     }
     vcpu.set_cpuid2(&cpuid)?;
+
+    // XCR0 = every user state component the CPUID offers (what Linux enables itself). KVM recomputes CPUID 0xD.0
+    // EBX (the XSAVE area size for the current XCR0) when the guest's XSETBV exits; QEMU's TCG emulation of SVM does
+    // not intercept XSETBV for a nested guest, so under it that size would stay at the x87+SSE value and Linux would
+    // find "XSAVE consistency problem" and turn XSAVE/AVX off. Starting with the final XCR0 keeps the size right.
+    let xsave = cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == 1 && e.ecx & (1 << 26) != 0);
+    let xcr0 = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map(|e| u64::from(e.eax) | (u64::from(e.edx) << 32));
+    if let (true, Some(mask)) = (xsave, xcr0) {
+        // User components only (bits 0..=9 minus supervisor-only ones never appear in 0xD.0 EAX); x87 always on.
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0] = kvm_xcr {
+            xcr: 0,
+            reserved: 0,
+            value: mask | 1,
+        };
+        vcpu.set_xcrs(&xcrs)?;
+    }
     Ok(())
 }
 
-/// The MSRs a 64-bit kernel expects cleared or set at entry (SYSENTER/SYSCALL MSRs 0, TSC 0, fast strings on, MTRRs
-/// enabled with write-back default).
+/// The MSRs a 64-bit kernel expects cleared or set at entry (SYSENTER/SYSCALL MSRs 0, fast strings on, MTRRs
+/// enabled with write-back default). The TSC is left alone: KVM synchronizes the TSCs of new vCPUs itself, and
+/// writing 0 to each vCPU at a different moment makes Linux mark the TSC unstable.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), Error> {
-    const MSR_IA32_TSC: u32 = 0x10;
     const MSR_IA32_SYSENTER_CS: u32 = 0x174;
     const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
     const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -745,7 +772,6 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), Error> {
         entry(MSR_KERNEL_GS_BASE, 0),
         entry(MSR_SYSCALL_MASK, 0),
         entry(MSR_LSTAR, 0),
-        entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, 1),          // fast-string enable
         entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs enabled, default type write-back
     ];
