@@ -401,6 +401,21 @@ fn run_vcpu(id: u8, mut vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VmControl
                 other => ExitReason::Error(format!("vCPU {id}: system event {other}")),
             }),
             Ok(VcpuExit::IrqWindowOpen | VcpuExit::Intr) => {}
+            Ok(VcpuExit::InternalError) => {
+                let run = vcpu.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the `internal` member of the
+                // union (plain integers).
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = usize::try_from(internal.ndata)
+                    .unwrap_or(0)
+                    .min(internal.data.len());
+                let data = internal.data.get(..n).unwrap_or(&[]).to_vec();
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                control.request_exit(ExitReason::Error(format!(
+                    "vCPU {id}: KVM internal error, suberror {} data {data:x?} at rip {rip:#x}",
+                    internal.suberror
+                )));
+            }
             Ok(other) => {
                 let what = format!("{other:?}");
                 let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
