@@ -607,3 +607,88 @@ fn bzimage_debian_kernel_header_parsed_and_zero_page_filled() {
         .unwrap();
     assert_ne!(first, [0; 4]);
 }
+
+/// `iasl`, installing Debian's `acpica-tools` first when it is missing.
+fn iasl() -> PathBuf {
+    let have = || {
+        std::process::Command::new("sh")
+            .args(["-c", "command -v iasl"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let Some(p) = have() {
+        return p;
+    }
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !apt(&["install", "-y", "acpica-tools"]) {
+        assert!(apt(&["update"]), "apt-get update failed");
+        assert!(
+            apt(&["install", "-y", "acpica-tools"]),
+            "cannot install acpica-tools"
+        );
+    }
+    have().expect("iasl after installing acpica-tools")
+}
+
+#[test]
+#[ignore = "runs iasl -d (installs acpica-tools with apt-get when missing); run by the full test command"]
+fn acpi_tables_disassembled_by_iasl_without_errors() {
+    let iasl = iasl();
+    let t = acpi::build_tables(&machine()).unwrap();
+    let dir = std::env::temp_dir().join(format!("vmm-glue-iasl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dsl = String::new();
+    for table in t.tables() {
+        let name = String::from_utf8_lossy(&table.signature).to_lowercase();
+        let dat = dir.join(format!("{name}.dat"));
+        std::fs::write(&dat, &table.bytes).unwrap();
+        let out = std::process::Command::new(&iasl)
+            .arg("-d")
+            .arg(&dat)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "iasl -d {name}: {log}");
+        let text = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
+        for bad in ["Error", "Invalid", "**** "] {
+            assert!(!text.contains(bad), "{name}.dsl contains {bad:?}:\n{text}");
+        }
+        dsl.push_str(&text);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let squeezed: String = dsl.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Name (_HID, \"LNRO0005\")",
+        "Memory32Fixed (ReadWrite, 0xD0000000, // Address Base 0x00001000, // Address Length )",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, }",
+        "Memory32Fixed (ReadWrite, 0xD0001000, // Address Base 0x00001000, // Address Length )",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000006, }",
+        "Name (_HID, EisaId (\"PNP0501\")",
+        "Name (_HID, EisaId (\"PNP0A08\")",
+        "Name (_CID, EisaId (\"PNP0A03\")",
+        "Name (_S5, Package (0x04)",
+        "Hardware Reduced (V5) : 1",
+        "Subtable Type : 04 [Local APIC NMI]",
+        "Subtable Type : 01 [I/O APIC]",
+        "Address : 00000000000003C0",
+        "Address : 00000000000003C1",
+    ] {
+        assert!(
+            squeezed.contains(want),
+            "disassembly lacks {want:?}:\n{dsl}"
+        );
+    }
+}
