@@ -23,6 +23,18 @@
 //!   by [`crate::boot`], which Linux requires before it uses MMCONFIG).
 //!
 //! Every table is checksummed; the layout is validated first, so no input makes table generation panic.
+//!
+//! ```
+//! use vmm_glue::acpi::{build_tables, MachineDescription, MmioDeviceDesc, PciHostBridgeDesc};
+//!
+//! let machine = MachineDescription::new(256 << 20, 2)
+//!     .with_mmio_device(MmioDeviceDesc::slot(0))
+//!     .with_pci(PciHostBridgeDesc::standard());
+//! let tables = build_tables(&machine).unwrap();
+//! assert_eq!(tables.rsdp_address(), 0xe0000);
+//! assert!(tables.table(b"DSDT").is_some() && tables.table(b"MCFG").is_some());
+//! // With guest memory: `vmm_glue::acpi::write_tables(&memory, &machine)?` returns the RSDP address.
+//! ```
 
 use acpi_tables::aml::{
     AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name, Package,
@@ -223,7 +235,8 @@ impl MachineDescription {
         if self.vcpus == 0 || self.vcpus == u8::MAX {
             return bad(format!("{} vCPUs (1..=254 supported)", self.vcpus));
         }
-        if self.mem_size < layout::PAGE_SIZE * 256 {
+        // The boot layout needs RAM past 1 MiB (kernel, page tables below it, ACPI in the BIOS area).
+        if self.mem_size < 2 << 20 {
             return bad(format!("{:#x} bytes of RAM is too little", self.mem_size));
         }
         // Guest-physical ranges that must not overlap each other (RAM is checked separately).
@@ -261,7 +274,10 @@ impl MachineDescription {
                 return bad(format!("PCI bus range {}..={}", p.bus_start, p.bus_end));
             }
             let (base, size) = p.mmio32;
-            if size == 0 || base.checked_add(size).is_none_or(|e| e > 1 << 32) {
+            if size == 0
+                || size > u64::from(u32::MAX)
+                || base.checked_add(size).is_none_or(|e| e > 1 << 32)
+            {
                 return bad(format!(
                     "PCI 32-bit MMIO window {base:#x}+{size:#x} not below 4 GiB"
                 ));
@@ -274,7 +290,8 @@ impl MachineDescription {
                 ranges.push((ecam, p.ecam_size(), "PCI ECAM".into()));
             }
             if let Some((io, io_size)) = p.io_window {
-                if io_size == 0 || u32::from(io) + io_size > 0x1_0000 {
+                // The WordIO descriptor holds the length in 16 bits.
+                if io_size == 0 || io_size > 0xffff || u32::from(io) + io_size > 0x1_0000 {
                     return bad(format!("PCI I/O window {io:#x}+{io_size:#x}"));
                 }
             }

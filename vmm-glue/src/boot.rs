@@ -308,10 +308,11 @@ where
         )));
     }
 
+    // `cmdline_size` (protocol 2.06+) is the longest command line without its NUL; older kernels take 255 bytes.
     let cmdline_max = if version >= 0x0206 {
-        usize::try_from(hdr.cmdline_size).unwrap_or(usize::MAX)
+        usize::try_from(hdr.cmdline_size).map_or(usize::MAX, |n| n.saturating_add(1))
     } else {
-        255
+        256
     };
     write_cmdline(mem, cmdline, cmdline_max)?;
 
@@ -514,6 +515,7 @@ fn to_u32(v: u64) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::Boot(format!("{v:#x} does not fit 32 bits")))
 }
 
+/// Writes `cmdline` and its NUL at [`CMDLINE_ADDRESS`]; `max` counts the NUL.
 fn write_cmdline<M: GuestMemoryBackend>(mem: &M, cmdline: &str, max: usize) -> Result<(), Error> {
     if cmdline.as_bytes().contains(&0) {
         return Err(Error::Config("command line contains NUL".into()));

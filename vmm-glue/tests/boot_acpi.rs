@@ -366,6 +366,72 @@ fn acpi_overlapping_devices_rejected() {
     assert!(acpi::build_tables(&m).is_err(), "GSI beyond the IOAPIC");
     let m = MachineDescription::new(256 << 20, 0);
     assert!(acpi::build_tables(&m).is_err(), "no vCPU");
+    let mut p = PciHostBridgeDesc::standard();
+    p.io_window = Some((0, 0x1_0000));
+    let m = MachineDescription::new(256 << 20, 1).with_pci(p);
+    assert!(
+        acpi::build_tables(&m).is_err(),
+        "I/O window length does not fit WordIO"
+    );
+    let mut p = PciHostBridgeDesc::standard();
+    p.bus_start = 3;
+    p.bus_end = 2;
+    let m = MachineDescription::new(256 << 20, 1).with_pci(p);
+    assert!(acpi::build_tables(&m).is_err(), "empty bus range");
+}
+
+/// Arbitrary descriptions (a fixed pseudo-random sequence) never make table generation panic, and whatever is
+/// accepted is well formed.
+#[test]
+fn acpi_arbitrary_descriptions_never_panic() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut accepted = 0;
+    for _ in 0..2000 {
+        let mem = [1u64 << 20, 64 << 20, 3 << 30, 1 << 40, next()][(next() % 5) as usize];
+        let mut m = MachineDescription::new(mem, (next() % 300) as u8);
+        for _ in 0..next() % 6 {
+            let d = if next() % 2 == 0 {
+                MmioDeviceDesc::slot((next() % 12) as u32)
+            } else {
+                MmioDeviceDesc::new(
+                    next() >> (next() % 64),
+                    next() >> (next() % 64),
+                    (next() % 40) as u32,
+                )
+            };
+            m = m.with_mmio_device(d);
+        }
+        if next() % 2 == 0 {
+            let mut p = PciHostBridgeDesc::standard();
+            p.bus_start = next() as u8;
+            p.bus_end = next() as u8;
+            if next() % 3 == 0 {
+                p.mmio32 = (next() >> (next() % 64), next() >> (next() % 64));
+            }
+            if next() % 3 == 0 {
+                p.io_window = Some((next() as u16, (next() % 0x2_0000) as u32));
+            }
+            if next() % 3 == 0 {
+                p.ecam_base = Some(next() >> (next() % 64));
+            }
+            m = m.with_pci(p);
+        }
+        if let Ok(t) = acpi::build_tables(&m) {
+            accepted += 1;
+            assert_eq!(sum(t.rsdp()), 0);
+            for table in t.tables() {
+                assert_eq!(sum(&table.bytes), 0);
+            }
+            boot::e820_map(&m).unwrap();
+        }
+    }
+    assert!(accepted > 100, "only {accepted} accepted");
 }
 
 #[test]
