@@ -9,6 +9,31 @@
 //! - [`layout`]: the fixed machine layout (addresses, ports, GSIs) shared with the ACPI tables and guests.
 //! - [`acpi`], [`boot`]: the machine description, ACPI tables, Linux (bzImage) and ELF loading.
 //!
+//! ```no_run
+//! use std::sync::{Arc, Mutex};
+//! use vmm_glue::{BusDevice, Vm, VmConfig};
+//!
+//! /// Bochs-style debug port: bytes written to port 0x402 go to stderr.
+//! struct DebugPort;
+//! impl BusDevice for DebugPort {
+//!     fn read(&mut self, _offset: u64, data: &mut [u8]) {
+//!         data.fill(0);
+//!     }
+//!     fn write(&mut self, _offset: u64, data: &[u8]) {
+//!         eprint!("{}", String::from_utf8_lossy(data));
+//!     }
+//! }
+//!
+//! let mut vm = Vm::new(VmConfig::new(256 << 20).vcpus(2))?;
+//! vm.add_serial(Box::new(std::io::stdout()))?;
+//! vm.pio_bus().insert(0x402, 1, Arc::new(Mutex::new(DebugPort)))?;
+//! // Attach virtio devices (`vm.attach_mmio`, `vm.attach_pci`), load a kernel and set up the vCPUs
+//! // (`vmm_glue::boot`), then:
+//! let reason = vm.run()?;
+//! std::process::exit(reason.exit_status());
+//! # Ok::<(), vmm_glue::Error>(())
+//! ```
+//!
 //! Module ownership while it is written: `acpi` and `boot` are the machine description, Linux/ELF loading and
 //! ACPI tables; everything else is the VM, vCPUs, buses, interrupts, event loop and device attachment.
 
