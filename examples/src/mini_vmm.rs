@@ -250,6 +250,8 @@ fn builder(net: &NetSpec, index: usize) -> virtio_net::device::NetDeviceBuilder 
 
 /// Delivers pending backend frames into the device's receive queues.
 type RxPump = Arc<dyn Fn(u16) + Send + Sync>;
+/// Reads a device's counters.
+type Stats = Box<dyn Fn() -> virtio_net::NetCounters>;
 
 /// Attaches one virtio-net device over `backend`; returns a function that moves received frames of a queue pair
 /// into the guest.
@@ -263,7 +265,7 @@ fn attach<B: NetBackend + Send + 'static>(
     backend: B,
     rx_after_kick: bool,
     poll: Option<fn(&mut B)>,
-) -> Result<RxPump, String> {
+) -> Result<(RxPump, Stats), String> {
     let b = builder(net, index);
     let err = |e: vmm_glue::Error| format!("attaching net{index}: {e}");
     let version = |legacy: bool| {
@@ -301,13 +303,22 @@ fn attach<B: NetBackend + Send + 'static>(
                 "mini-vmm: net{index} on virtio-mmio slot {} at {:#x}, GSI {}",
                 slot.index, slot.address, slot.gsi
             );
-            Ok(Arc::new(move |pair| {
+            let stats_of = shared.clone();
+            let stats: Stats = Box::new(move || {
+                stats_of
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .device()
+                    .counters()
+            });
+            let pump: RxPump = Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(poll) = poll {
                     poll(d.device_mut().backend_mut());
                 }
                 let _ = d.device_mut().process_rx(pair);
-            }))
+            });
+            Ok((pump, stats))
         }
         Transport::Pci | Transport::PciTransitional | Transport::PciLegacy => {
             let (variant, b) = match net.transport {
@@ -332,24 +343,33 @@ fn attach<B: NetBackend + Send + 'static>(
                 "mini-vmm: net{index} on PCI 00:{:02x}.0 ({variant:?}), INTx GSI {}",
                 slot.device, slot.intx_gsi
             );
-            Ok(Arc::new(move |pair| {
+            let stats_of = shared.clone();
+            let stats: Stats = Box::new(move || {
+                stats_of
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .device()
+                    .counters()
+            });
+            let pump: RxPump = Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(poll) = poll {
                     poll(d.device_mut().backend_mut());
                 }
                 let _ = d.device_mut().process_rx(pair);
-            }))
+            });
+            Ok((pump, stats))
         }
     }
 }
 
-fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
+fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<Stats, String> {
     match &net.backend {
         Backend::Tap(name) => {
             let tap = Tap::open(&TapConfig::new().name(name).queue_pairs(net.pairs))
                 .map_err(|e| format!("opening tap {name:?}: {e}"))?;
             let fds: Vec<i32> = (0..net.pairs).filter_map(|p| tap.readiness_fd(p)).collect();
-            let pump = attach(vm, net, index, tap, false, None)?;
+            let (pump, stats) = attach(vm, net, index, tap, false, None)?;
             for (pair, fd) in (0u16..).zip(fds) {
                 let pump = pump.clone();
                 // Edge-triggered: a pass drains the tap until it is empty or the guest has no buffers; in the
@@ -361,18 +381,18 @@ fn add_net(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
                     })
                     .map_err(|e| format!("watching tap: {e}"))?;
             }
-            Ok(())
+            Ok(stats)
         }
         Backend::Echo => {
             let end = PairEnd::loopback(PairConfig::new().queue_pairs(net.pairs));
-            attach(vm, net, index, end, true, None).map(|_| ())
+            attach(vm, net, index, end, true, None).map(|(_, stats)| stats)
         }
         Backend::User => add_user(vm, net, index),
     }
 }
 
 #[cfg(feature = "slirp")]
-fn add_user(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
+fn add_user(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<Stats, String> {
     use std::os::fd::AsRawFd;
     use std::time::Duration;
     use virtio_net::slirp::{Slirp, SlirpConfig};
@@ -386,7 +406,7 @@ fn add_user(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
         // Socket and timer processing without blocking the event loop.
         let _ = s.poll_once(Duration::ZERO);
     };
-    let pump = attach(vm, net, index, slirp, true, Some(poll))?;
+    let (pump, stats) = attach(vm, net, index, slirp, true, Some(poll))?;
     // libslirp's sockets are polled every 2 ms from the event loop (its fds change as connections come and go).
     let mut timer = TimerFd::new().map_err(|e| format!("timerfd: {e}"))?;
     timer
@@ -400,11 +420,11 @@ fn add_user(vm: &mut Vm, net: &NetSpec, index: usize) -> Result<(), String> {
             Action::Continue
         })
         .map_err(|e| format!("watching slirp: {e}"))?;
-    Ok(())
+    Ok(stats)
 }
 
 #[cfg(not(feature = "slirp"))]
-fn add_user(_: &mut Vm, _: &NetSpec, _: usize) -> Result<(), String> {
+fn add_user(_: &mut Vm, _: &NetSpec, _: usize) -> Result<Stats, String> {
     Err("--net user needs mini-vmm built with `--features slirp` (libslirp)".into())
 }
 
@@ -417,11 +437,28 @@ fn run(opts: &Options) -> Result<vmm_glue::ExitReason, String> {
         Some(path) => Box::new(File::create(path).map_err(|e| format!("--console {path:?}: {e}"))?),
     };
     vm.add_serial(out).map_err(|e| format!("serial: {e}"))?;
+    let mut stats = Vec::new();
     for (index, net) in opts.nets.iter().enumerate() {
-        add_net(&mut vm, net, index)?;
+        stats.push(add_net(&mut vm, net, index)?);
     }
     boot::load(&mut vm, opts)?;
-    vm.run().map_err(|e| format!("running the VM: {e}"))
+    let reason = vm.run().map_err(|e| format!("running the VM: {e}"))?;
+    for (index, stats) in stats.iter().enumerate() {
+        let c = stats();
+        eprintln!(
+            "mini-vmm: net{index}: tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} drops={} queue_faults={}",
+            c.tx_frames,
+            c.tx_bytes,
+            c.rx_frames,
+            c.rx_bytes,
+            c.total_drops(),
+            c.queue_faults
+        );
+        if c.total_drops() > 0 {
+            eprintln!("mini-vmm: net{index}: {c:?}");
+        }
+    }
+    Ok(reason)
 }
 
 mod boot {
