@@ -3,11 +3,12 @@
 //! echoes. One line per cell:
 //!
 //! - **qemu** (TCG): QEMU's own devices. `-M microvm` with `virtio-net-device` (virtio-mmio, modern and legacy) and
-//!   `-M q35` with `virtio-net-pci` (modern with `disable-legacy=on`, legacy with `disable-modern=on`), `packed=on`
-//!   and off. Frames leave through a UDP socket netdev to a thread of this process that echoes every datagram.
+//!   `-M q35` with `virtio-net-pci` (modern with `disable-legacy=on`, legacy with `disable-modern=on`, transitional
+//!   driven through its modern interface), `packed=on` and off. Frames leave through a UDP socket netdev to a thread of this process that echoes every datagram.
 //!   QEMU's `-kernel` boots the image through its PVH note; `isa-debug-exit` at 0xf4 ends the run.
 //! - **mini-vmm** (`/dev/kvm`): `mini-vmm --kernel guest-kernel --net echo,transport=T,ring=R --console stdout`, our
-//!   own device models on MMIO and PCI with the in-memory echo backend; the image starts at its 64-bit ELF entry.
+//!   own device models on MMIO and PCI (modern, legacy, transitional) with the in-memory echo backend; the image
+//!   starts at its 64-bit ELF entry and runs in ring 3 (see `examples/guest-kernel/src/boot.rs`).
 //!
 //! A cell passes when the guest prints `PASS guest transport=T ring=R features=0x...`, the transport and ring are the
 //! ones the cell asked for (and agree with the negotiated feature bits), and the VMM exits with 33 (the guest wrote
@@ -120,6 +121,17 @@ const CELLS: &[Cell] = &[
         ring: "split",
     },
     Cell {
+        label: "vmm=qemu machine=q35 device=transitional ring=split",
+        vmm: Vmm::Qemu {
+            machine: "q35",
+            device: "virtio-net-pci,disable-legacy=off,disable-modern=off,romfile=",
+            extra: &[],
+        },
+        // A transitional device offers both interfaces; the driver takes the modern one (§4.1.5.1.1.1).
+        transport: "pci",
+        ring: "split",
+    },
+    Cell {
         label: "vmm=mini-vmm transport=mmio ring=split",
         vmm: Vmm::MiniVmm { transport: "mmio" },
         transport: "mmio",
@@ -157,6 +169,14 @@ const CELLS: &[Cell] = &[
             transport: "pci-legacy",
         },
         transport: "pci-legacy",
+        ring: "split",
+    },
+    Cell {
+        label: "vmm=mini-vmm transport=pci-transitional ring=split",
+        vmm: Vmm::MiniVmm {
+            transport: "pci-transitional",
+        },
+        transport: "pci",
         ring: "split",
     },
 ];
