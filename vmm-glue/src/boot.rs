@@ -53,7 +53,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
 use crate::acpi::{self, MachineDescription};
 use crate::layout;
@@ -355,7 +355,7 @@ where
         params.acpi_rsdp_addr = rsdp;
     }
     fill_e820(&mut params, &e820)?;
-    mem.write_obj(BootParamsBytes(params), GuestAddress(ZERO_PAGE_ADDRESS))?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDRESS))?;
     write_long_mode_structures(mem)?;
 
     Ok(BootInfo {
@@ -426,7 +426,7 @@ where
     params.hdr.cmdline_size = u32::try_from(cmdline.len()).unwrap_or(u32::MAX);
     params.acpi_rsdp_addr = rsdp;
     fill_e820(&mut params, &e820)?;
-    mem.write_obj(BootParamsBytes(params), GuestAddress(ZERO_PAGE_ADDRESS))?;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDRESS))?;
     write_long_mode_structures(mem)?;
 
     Ok(BootInfo {
@@ -501,15 +501,6 @@ fn elf_load_segments<F: Read + Seek>(f: &mut F) -> Result<Vec<LoadSegment>, Erro
     f.seek(SeekFrom::Start(0))?;
     Ok(segs)
 }
-
-/// `boot_params` as a `ByteValued` value for `write_obj`.
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-struct BootParamsBytes(boot_params);
-
-// SAFETY: `boot_params` is a `repr(C, packed)` struct of integers and arrays of integers (linux-loader's bindgen
-// output, which itself implements `ByteValued` for it): every bit pattern is valid and it has no padding.
-unsafe impl ByteValued for BootParamsBytes {}
 
 fn to_u32(v: u64) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::Boot(format!("{v:#x} does not fit 32 bits")))
