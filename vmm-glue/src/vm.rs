@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,6 +63,8 @@ impl ExitReason {
 pub struct VmControl {
     reason: Mutex<Option<ExitReason>>,
     cond: Condvar,
+    /// Set with the reason; read by vCPU threads on every exit without taking the lock.
+    exiting: AtomicBool,
 }
 
 impl VmControl {
@@ -70,8 +73,15 @@ impl VmControl {
         let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
         if r.is_none() {
             *r = Some(reason);
+            // Release pairs with the Acquire load in `is_exiting`.
+            self.exiting.store(true, Ordering::Release);
             self.cond.notify_all();
         }
+    }
+
+    /// Whether the VM is ending (cheap: one atomic load).
+    pub fn is_exiting(&self) -> bool {
+        self.exiting.load(Ordering::Acquire)
     }
 
     /// The exit reason, once the VM is ending.
@@ -374,7 +384,7 @@ const SYSTEM_EVENT_RESET: u32 = 2;
 
 fn run_vcpu(id: u8, mut vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VmControl) {
     loop {
-        if control.exit_reason().is_some() {
+        if control.is_exiting() {
             return;
         }
         match vcpu.run() {
