@@ -9,6 +9,8 @@
     clippy::cast_possible_truncation,
     clippy::panic,
     clippy::type_complexity,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
     missing_docs
 )]
 
@@ -289,4 +291,68 @@ fn pci_config_ports_show_host_bridge_and_empty_slots() {
     let writes = writes.lock().unwrap();
     assert_eq!(writes[0], (0, 0x0008_1b36u32.to_le_bytes().to_vec()));
     assert_eq!(writes[1], (4, vec![0xff; 4]));
+}
+
+/// Whether `vector` is pending in the local APIC's IRR (KVM_GET_LAPIC: IRR at 0x200, 32 vectors per 16 bytes).
+fn irr_has(vm: &Vm, vector: u8) -> bool {
+    let lapic = vm.vcpus()[0].get_lapic().unwrap();
+    let at = 0x200 + usize::from(vector / 32) * 0x10;
+    let word = u32::from_le_bytes(
+        lapic.regs[at..at + 4]
+            .iter()
+            .map(|b| *b as u8)
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap(),
+    );
+    word & (1 << (vector % 32)) != 0
+}
+
+#[test]
+fn msi_vector_programs_its_route_on_first_signal_and_follows_reprogramming() {
+    if !kvm_available() {
+        return;
+    }
+    use virtio_pci::{MsiMessage, MsiSink};
+    let vm = Vm::new(VmConfig::new(MEM)).unwrap();
+    // Software-enable the local APIC (SVR bit 8) so that it accepts fixed interrupts.
+    let vcpu = &vm.vcpus()[0];
+    let mut lapic = vcpu.get_lapic().unwrap();
+    lapic.regs[0xf0] = 0xff_u8 as _;
+    lapic.regs[0xf1] = 0x01;
+    vcpu.set_lapic(&lapic).unwrap();
+
+    let vectors = vmm_glue::MsiVectors::new(vm.irq_router().clone(), 2).unwrap();
+    assert!(!irr_has(&vm, 0x31));
+    // Vector 1 fires with the message the guest programmed: fixed delivery to APIC ID 0, vector 0x31.
+    vectors.signal(MsiMessage {
+        vector: 1,
+        address: layout::LAPIC_ADDRESS,
+        data: 0x31,
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !irr_has(&vm, 0x31) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        irr_has(&vm, 0x31),
+        "MSI through the irqfd did not reach the LAPIC"
+    );
+    // The guest reprogrammed the entry: the route follows.
+    vectors.signal(MsiMessage {
+        vector: 1,
+        address: layout::LAPIC_ADDRESS,
+        data: 0x42,
+    });
+    while !irr_has(&vm, 0x42) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(irr_has(&vm, 0x42), "reprogrammed MSI route not followed");
+    // A vector beyond the table is ignored.
+    vectors.signal(MsiMessage {
+        vector: 7,
+        address: layout::LAPIC_ADDRESS,
+        data: 0x50,
+    });
+    assert!(!irr_has(&vm, 0x50));
 }
