@@ -49,7 +49,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bench_report::{Better, Report, OURS};
-use virtio_core::{DeviceAddr, Features, HeapMemory};
+use virtio_core::{DeviceAddr, DeviceSlice, Features, HeapMemory};
 use virtio_mmio::{IrqLine, MmioDevice, MmioInterrupt, MmioRegisters, MmioTransport, MmioVersion};
 use virtio_net::backend::{BackendError, NetBackend, SendStatus};
 use virtio_net::device::NetDeviceBuilder;
@@ -72,6 +72,7 @@ const VNET_HDR: usize = 12;
 type Mem = Arc<HeapMemory>;
 type Net<B> = virtio_net::device::NetDevice<B, Mem, MmioInterrupt>;
 type Shared<B> = Arc<Mutex<MmioDevice<Net<B>>>>;
+type Driver<B> = NetDriver<MmioTransport<PollRegs<B>>, Mem>;
 
 /// `--thp`: back the driver's memory (rings and buffers) with transparent huge pages.
 static THP: AtomicBool = AtomicBool::new(false);
@@ -112,6 +113,13 @@ fn main() {
     }
     if let Some(s) = value_of("--seconds").and_then(|v| v.parse::<f64>().ok()) {
         params.seconds = s.clamp(0.05, 60.0);
+    }
+    if let Some(format) = value_of("--callgrind") {
+        let bursts = value_of("--bursts")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(20_000);
+        callgrind(&format, flag("--sink"), bursts);
+        return;
     }
     VERBOSE.store(flag("--verbose"), Ordering::Relaxed);
     THP.store(flag("--thp"), Ordering::Relaxed);
@@ -317,6 +325,22 @@ impl NetBackend for Sink {
         Ok(SendStatus::Sent)
     }
 
+    fn takes_slices(&self) -> bool {
+        true
+    }
+
+    fn send_slices(
+        &mut self,
+        _pair: u16,
+        header: &[u8],
+        frame: &[DeviceSlice<'_>],
+    ) -> Result<SendStatus, BackendError> {
+        let len: usize = frame.iter().map(DeviceSlice::len).sum();
+        self.frames += 1;
+        self.bytes += (header.len() + len).saturating_sub(VNET_HDR) as u64;
+        Ok(SendStatus::Sent)
+    }
+
     fn recv(&mut self, _pair: u16, _buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
         Ok(None)
     }
@@ -410,16 +434,23 @@ struct Run {
     others: f64,
 }
 
-/// Our driver sending `len`-byte frames to our device over `backend` for `seconds`; `drain` counts the frames that
-/// came out of the backend (called on the device thread after each `process_tx`).
-fn run_ours<B: Counted>(
-    packed: bool,
-    len: usize,
-    seconds: f64,
-    pin: bool,
-    backend: B,
-    mut drain: impl FnMut(&mut Counts) + Send,
-) -> Run {
+/// A `len`-byte broadcast frame with a counting pattern.
+fn test_frame(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            if i < 6 {
+                0xff
+            } else {
+                u8::try_from(i % 251).unwrap_or(0)
+            }
+        })
+        .collect()
+}
+
+/// The driver over the thread-safe MMIO transport on a device with `backend`, negotiated (split or packed), with
+/// TX interrupts suppressed and `QueueNotify` writes dropped from now on. Returns the driver, the device and the
+/// dropped-kick counter.
+fn setup<B: NetBackend>(packed: bool, backend: B) -> (Driver<B>, Shared<B>, Arc<AtomicU64>) {
     let memory: Mem =
         Arc::new(HeapMemory::new(DeviceAddr::new(MEM_BASE), MEM_LEN).expect("heap memory"));
     if THP.load(Ordering::Relaxed) {
@@ -465,15 +496,22 @@ fn run_ours<B: Counted>(
     driver.disable_interrupts(NetDriver::<MmioTransport<PollRegs<B>>, Mem>::tx_queue(0));
     polling.store(true, Ordering::SeqCst);
 
-    let frame: Vec<u8> = (0..len)
-        .map(|i| {
-            if i < 6 {
-                0xff
-            } else {
-                u8::try_from(i % 251).unwrap_or(0)
-            }
-        })
-        .collect();
+    (driver, device, kicks)
+}
+
+/// Our driver sending `len`-byte frames to our device over `backend` for `seconds`; `drain` counts the frames that
+/// came out of the backend (called on the device thread after each `process_tx`).
+fn run_ours<B: Counted>(
+    packed: bool,
+    len: usize,
+    seconds: f64,
+    pin: bool,
+    backend: B,
+    mut drain: impl FnMut(&mut Counts) + Send,
+) -> Run {
+    let (mut driver, device, kicks) = setup(packed, backend);
+
+    let frame = test_frame(len);
     let header = HeaderRepr::new();
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(2);
@@ -552,6 +590,111 @@ fn run_ours<B: Counted>(
         passes,
         others: 0.0,
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// callgrind mode
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `--callgrind <split|packed> [--sink] [--bursts N]`: one thread alternates `send_burst` (x[`BURST`] 64-byte
+/// frames), `process_tx` and (with the `Pair`) draining the pair's other end, `bursts` times after 200 warm-up
+/// bursts. Meant to run under `valgrind --tool=callgrind --collect-atstart=no --toggle-collect=...` (see
+/// `tests/benches/net-callgrind.sh`): the three steps are the non-inlined `cg_driver`, `cg_device`, `cg_drain`,
+/// so their inclusive instruction counts divided by the frames printed are the per-frame costs of each side.
+fn callgrind(format: &str, sink: bool, bursts: usize) {
+    let packed = match format {
+        "split" => false,
+        "packed" => true,
+        other => panic!("--callgrind takes split or packed, not {other}"),
+    };
+    let frames = if sink {
+        callgrind_loop(packed, bursts, Sink::default(), |_, _| 0)
+    } else {
+        let (a, b) = PairEnd::pair(PairConfig::new().vnet_header_len(VNET_HDR));
+        let mut buf = vec![0u8; VNET_HDR + virtio_net::MAX_FRAME_LEN];
+        let mut b = b;
+        callgrind_loop(packed, bursts, a, move |_, measured| {
+            if measured {
+                cg_drain(&mut b, &mut buf)
+            } else {
+                drain_pair(&mut b, &mut buf)
+            }
+        })
+    };
+    println!(
+        "callgrind {format}{}: {frames} frames measured",
+        if sink { " sink" } else { "" }
+    );
+}
+
+fn callgrind_loop<B: NetBackend>(
+    packed: bool,
+    bursts: usize,
+    backend: B,
+    mut drain: impl FnMut(&mut Net<B>, bool) -> u64,
+) -> u64 {
+    let (mut driver, device, _kicks) = setup(packed, backend);
+    let frame = test_frame(64);
+    let header = HeaderRepr::new();
+    let burst: [&[u8]; BURST] = [&frame; BURST];
+    let mut guard = device.lock().unwrap_or_else(PoisonError::into_inner);
+    let net = guard.device_mut();
+    net.set_tx_polling(0, true).expect("TX polling mode");
+    let (mut sent, mut moved, mut drained) = (0u64, 0u64, 0u64);
+    for i in 0..200 + bursts {
+        let measured = i >= 200;
+        let s = if measured {
+            cg_driver(&mut driver, &burst, &header)
+        } else {
+            driver.send_burst(0, &burst, &header).expect("send_burst")
+        };
+        let m = if measured {
+            cg_device(net)
+        } else {
+            net.process_tx(0).expect("process_tx")
+        };
+        let d = drain(net, measured);
+        if measured {
+            sent += s as u64;
+            moved += m as u64;
+            drained += d;
+        }
+    }
+    assert_eq!(net.counters().total_drops(), 0, "device dropped frames");
+    assert_eq!(
+        sent, moved,
+        "device moved a different number of frames than the driver sent"
+    );
+    if drained != 0 {
+        assert_eq!(
+            drained, moved,
+            "the pair delivered a different number of frames"
+        );
+    }
+    moved
+}
+
+#[inline(never)]
+fn cg_driver<B: NetBackend>(driver: &mut Driver<B>, burst: &[&[u8]], header: &HeaderRepr) -> usize {
+    driver.send_burst(0, burst, header).expect("send_burst")
+}
+
+#[inline(never)]
+fn cg_device<B: NetBackend>(net: &mut Net<B>) -> usize {
+    net.process_tx(0).expect("process_tx")
+}
+
+#[inline(never)]
+fn cg_drain(end: &mut PairEnd, buf: &mut [u8]) -> u64 {
+    drain_pair(end, buf)
+}
+
+fn drain_pair(end: &mut PairEnd, buf: &mut [u8]) -> u64 {
+    let mut n = 0;
+    while let Ok(Some(_)) = end.recv(0, buf) {
+        n += 1;
+    }
+    n
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -575,6 +575,20 @@ impl<'m> DeviceSlice<'m> {
         count
     }
 
+    /// Copies `min(self.len() - offset, src.len())` bytes of `src` (another, possibly differently backed, memory)
+    /// to `offset`; returns the count. The ranges may overlap only if they are the same memory; then the copy
+    /// behaves like `memmove`.
+    pub fn copy_from(&self, offset: usize, src: &DeviceSlice<'_>) -> usize {
+        let count = self.len.saturating_sub(offset).min(src.len);
+        if count != 0 {
+            // SAFETY: `offset + count <= len`, so the pointer stays inside the translated range.
+            let dst = unsafe { self.ptr.as_ptr().add(offset) };
+            // SAFETY: both ranges are inside translated memory for `count` bytes; `copy` tolerates overlap.
+            unsafe { core::ptr::copy(src.ptr.as_ptr(), dst, count) }
+        }
+        count
+    }
+
     /// Fills the slice with `byte`.
     pub fn fill(&self, byte: u8) {
         if self.len != 0 {

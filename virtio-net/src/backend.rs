@@ -6,7 +6,7 @@
 //! get the queue pair index with every call; single-queue backends report [`queue_pairs`](NetBackend::queue_pairs)
 //! = 1 and the device then never uses more pairs than that for traffic.
 
-use virtio_core::Features;
+use virtio_core::{DeviceSlice, Features};
 
 use crate::wire::feature;
 
@@ -98,6 +98,29 @@ pub trait NetBackend {
     /// Sends one frame on `pair`, given as a gather list: the header of [`vnet_header_len`](Self::vnet_header_len)
     /// bytes (if any) and then the frame, possibly in several pieces.
     fn send(&mut self, pair: u16, frame: &[&[u8]]) -> Result<SendStatus, BackendError>;
+
+    /// Whether the backend takes frames straight from the driver's buffers through
+    /// [`send_slices`](Self::send_slices). If not (the default), the device copies each frame into its own buffer
+    /// and calls [`send`](Self::send).
+    fn takes_slices(&self) -> bool {
+        false
+    }
+
+    /// Sends one frame on `pair` whose bytes are still in the driver's buffers: `header` (the
+    /// [`vnet_header_len`](Self::vnet_header_len) bytes, already read out of driver memory) and then the frame in
+    /// `frame`, in order. The peer may change those bytes concurrently, so the backend must copy them out
+    /// ([`DeviceSlice::read_at`], [`DeviceSlice::copy_from`]) or hand them to the kernel (`writev`) before
+    /// returning, and not parse them in place twice. Called only when [`takes_slices`](Self::takes_slices) is
+    /// true; the default refuses with [`BackendError::Unsupported`].
+    fn send_slices(
+        &mut self,
+        pair: u16,
+        header: &[u8],
+        frame: &[DeviceSlice<'_>],
+    ) -> Result<SendStatus, BackendError> {
+        let _ = (pair, header, frame);
+        Err(BackendError::Unsupported)
+    }
 
     /// Receives one frame of `pair` (header of `vnet_header_len` bytes, then the frame) into `buf`; returns its
     /// length, or `Ok(None)` when nothing is pending. A frame longer than `buf` is an error

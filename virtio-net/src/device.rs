@@ -18,9 +18,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use virtio_core::device::{ActiveQueue, Interrupt, VirtioDevice};
-use virtio_core::{Chain, DeviceQueue, Features, NotificationData, RingMemory, UsedToken};
+use virtio_core::{
+    Chain, DeviceAddr, DeviceQueue, DeviceSlice, Features, NotificationData, RingMemory, UsedToken,
+};
 
-use crate::backend::{NetBackend, Offloads, SendStatus};
+use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
 use crate::error::{DropReason, NetCounters, NetError, Result};
 use crate::wire::{self, feature, status, ConfigRepr, CtrlCommand, HeaderLen, RxMode};
 use crate::MAX_FRAME_LEN;
@@ -34,6 +36,9 @@ pub const MAC_TABLE_ENTRIES: usize = 64;
 /// Longest control request accepted (class, command and payload: two full MAC tables).
 pub const CTRL_MAX_REQUEST: usize = 2 + 2 * (4 + 6 * MAC_TABLE_ENTRIES);
 const MAX_HEADER: usize = 20;
+/// Most frame pieces (readable descriptors, after the header) handed to [`NetBackend::send_slices`]; longer chains
+/// take the copying path.
+const TX_MAX_PARTS: usize = 8;
 
 /// Device bits this model implements (others passed to the builder are not offered).
 const SUPPORTED: Features = Features::from_bits_retain(
@@ -337,6 +342,9 @@ struct PairState<M> {
     tx_header: [u8; MAX_HEADER],
     /// A frame the backend refused with WouldBlock: its token and length, retried first.
     tx_pending: Option<(UsedToken, usize)>,
+    /// A chain in `tx_chain` whose frame ([`NetBackend::send_slices`]) the backend refused with WouldBlock: its
+    /// frame length; retried first.
+    tx_held: Option<usize>,
     tx_used: Vec<(UsedToken, u32)>,
     /// TX polling mode (kept across reset: a setting of the VMM, not of the driver).
     tx_polling: bool,
@@ -360,6 +368,7 @@ impl<M> PairState<M> {
             tx_frame: Vec::new(),
             tx_header: [0; MAX_HEADER],
             tx_pending: None,
+            tx_held: None,
             tx_used: Vec::new(),
             tx_polling: false,
             tx_notify_off: false,
@@ -384,6 +393,7 @@ impl<M> PairState<M> {
         self.rx_held_len = 0;
         self.rx_used.clear();
         self.tx_pending = None;
+        self.tx_held = None;
         self.tx_used.clear();
         self.tx_notify_off = false;
     }
@@ -419,6 +429,61 @@ impl<B, M, I> fmt::Debug for NetDevice<B, M, I> {
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
+}
+
+/// Hands the frame of TX chain `chain` to [`NetBackend::send_slices`] without copying it: the driver's header
+/// (`header_len` bytes at the start of the readable bytes) is read into `header` (zero-padded to the backend's
+/// `backend_header` bytes), the rest is passed as slices of driver memory. `Ok(None)`: the frame has more than
+/// [`TX_MAX_PARTS`] pieces (the caller copies it instead).
+#[allow(clippy::type_complexity)]
+fn send_chain<B: NetBackend, M: RingMemory>(
+    backend: &mut B,
+    pair: u16,
+    memory: &M,
+    chain: &Chain,
+    header_len: usize,
+    backend_header: usize,
+    header: &mut [u8; MAX_HEADER],
+) -> core::result::Result<Option<core::result::Result<SendStatus, BackendError>>, virtio_core::Error>
+{
+    let Some(empty) = DeviceSlice::new(memory, DeviceAddr::new(0), 0) else {
+        return Ok(None);
+    };
+    let mut parts = [empty; TX_MAX_PARTS];
+    let mut n = 0;
+    let mut header_at = 0;
+    if header_len < backend_header {
+        // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0 there.
+        header.fill(0);
+    }
+    for segment in chain.readable() {
+        let slice = segment.slice(memory)?;
+        let mut offset = 0;
+        if header_at < header_len {
+            let take = (header_len - header_at).min(slice.len());
+            if let Some(dst) = header.get_mut(header_at..header_at + take) {
+                slice.read_at(0, dst);
+            }
+            header_at += take;
+            offset = take;
+        }
+        if offset < slice.len() {
+            let (Some(part), Some(dst)) = (
+                slice.subslice(offset, slice.len() - offset),
+                parts.get_mut(n),
+            ) else {
+                return Ok(None);
+            };
+            *dst = part;
+            n += 1;
+        }
+    }
+    let header = header.get(..backend_header).unwrap_or(&[]);
+    Ok(Some(backend.send_slices(
+        pair,
+        header,
+        parts.get(..n).unwrap_or(&[]),
+    )))
 }
 
 /// Records a drop: counter, first error of the call.
@@ -595,6 +660,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let queue = Self::rx_index(pair).saturating_add(1);
         let header_len = self.header_len.bytes();
         let backend_header = self.backend.vnet_header_len().min(MAX_HEADER);
+        let slices = self.backend.takes_slices();
         let Self {
             pairs,
             backend,
@@ -611,6 +677,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
             tx_frame,
             tx_header,
             tx_pending,
+            tx_held,
             tx_used,
             tx_polling,
             tx_notify_off,
@@ -653,6 +720,42 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     handled += 1;
                     continue;
                 }
+                if let Some(len) = *tx_held {
+                    let token = tx_chain.token();
+                    let status = match send_chain(
+                        backend,
+                        pair,
+                        q.memory(),
+                        tx_chain,
+                        header_len,
+                        backend_header,
+                        tx_header,
+                    ) {
+                        Ok(status) => status,
+                        Err(e) => {
+                            ring_error = Some(e);
+                            break;
+                        }
+                    };
+                    match status {
+                        Some(Ok(SendStatus::Sent)) => {
+                            counters.tx_frames += 1;
+                            counters.tx_bytes += len as u64;
+                            sent += 1;
+                        }
+                        Some(Ok(SendStatus::WouldBlock)) => {
+                            blocked = true;
+                            break;
+                        }
+                        Some(Err(_)) | None => {
+                            note(counters, &mut first, queue, DropReason::Backend)
+                        }
+                    }
+                    *tx_held = None;
+                    tx_used.push((token, 0));
+                    handled += 1;
+                    continue;
+                }
                 match q.pop_into(tx_chain) {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -679,6 +782,45 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     continue;
                 }
                 let len = readable - header_len;
+                if slices {
+                    // Zero-copy: the backend copies straight out of the driver's buffers.
+                    let status = match send_chain(
+                        backend,
+                        pair,
+                        q.memory(),
+                        tx_chain,
+                        header_len,
+                        backend_header,
+                        tx_header,
+                    ) {
+                        Ok(status) => status,
+                        Err(e) => {
+                            ring_error = Some(e);
+                            break;
+                        }
+                    };
+                    match status {
+                        Some(Ok(SendStatus::Sent)) => {
+                            counters.tx_frames += 1;
+                            counters.tx_bytes += len as u64;
+                            sent += 1;
+                            tx_used.push((token, 0));
+                            continue;
+                        }
+                        Some(Ok(SendStatus::WouldBlock)) => {
+                            *tx_held = Some(len);
+                            blocked = true;
+                            break;
+                        }
+                        Some(Err(_)) => {
+                            note(counters, &mut first, queue, DropReason::Backend);
+                            tx_used.push((token, 0));
+                            continue;
+                        }
+                        // More pieces than `TX_MAX_PARTS`: copy.
+                        None => {}
+                    }
+                }
                 let mut reader = tx_chain.reader(q.memory());
                 tx_header.fill(0);
                 let copied = reader

@@ -1,80 +1,202 @@
 //! An in-memory backend: two [`PairEnd`]s wired back to back (what one sends, the other receives), or one end in
-//! loopback. Each direction of each queue pair is a bounded ring of pre-allocated frame slots behind a mutex, so
-//! passing a frame copies it once into a slot and once out, and never allocates.
+//! loopback. Each direction of each queue pair is a bounded single-producer single-consumer ring of pre-allocated
+//! frame slots, lock-free: the sending end owns the tail, the receiving end the head, each on its own cache line,
+//! and each end keeps a private copy of the other's index so that it reads the shared one only when its copy says
+//! the ring is full (sender) or empty (receiver). Passing a frame copies it once into a slot and once out, and
+//! never allocates; [`NetBackend::send_slices`] copies straight from the driver's buffers into the slot.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::vec::Vec;
+
+use virtio_core::{DeviceAddr, DeviceSlice, HeapMemory};
 
 use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
 
-/// A bounded FIFO of frames in fixed slots.
+/// An index alone on its cache line (the two ends write different indices; sharing a line would make every
+/// write of one invalidate the other's reads).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicUsize);
+
+/// A bounded SPSC FIFO of frames in fixed slots. `tail` and `head` count frames pushed and popped (wrapping).
 #[derive(Debug)]
 struct Ring {
-    data: Vec<u8>,
-    lens: Vec<usize>,
+    /// Frames pushed; written (release) only by the producer.
+    tail: Padded,
+    /// Frames popped; written (release) only by the consumer.
+    head: Padded,
+    /// `slots` slots of `slot_len` bytes, slot `i` at device address `i * slot_len`.
+    data: HeapMemory,
+    /// Length of the frame in each slot; written by the producer before it publishes `tail`.
+    lens: Vec<AtomicU32>,
     slot_len: usize,
-    head: usize,
-    count: usize,
+    slots: usize,
 }
 
 impl Ring {
     fn new(slots: usize, slot_len: usize) -> Self {
+        let bytes = slots.saturating_mul(slot_len).max(1);
+        let data = HeapMemory::new(DeviceAddr::new(0), bytes).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(bytes, 4096)
+                    .unwrap_or(std::alloc::Layout::new::<u8>()),
+            )
+        });
         Self {
-            data: std::vec![0; slots * slot_len],
-            lens: std::vec![0; slots],
+            tail: Padded::default(),
+            head: Padded::default(),
+            data,
+            lens: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             slot_len,
-            head: 0,
-            count: 0,
+            slots,
         }
     }
 
-    fn push(&mut self, frame: &[&[u8]]) -> Result<SendStatus, BackendError> {
+    /// `len` bytes of slot `index`.
+    fn slot(&self, index: usize, len: usize) -> Option<DeviceSlice<'_>> {
+        let start = u64::try_from(index.checked_mul(self.slot_len)?).ok()?;
+        DeviceSlice::new(&self.data, DeviceAddr::new(start), len)
+    }
+
+    fn pending(&self) -> usize {
+        // Acquire on both: a consistent enough snapshot for a count that is stale the moment it is returned.
+        let tail = self.tail.0.load(Ordering::Acquire);
+        tail.wrapping_sub(self.head.0.load(Ordering::Acquire))
+    }
+}
+
+/// The producer's private state of one ring.
+#[derive(Debug, Default, Clone, Copy)]
+struct Producer {
+    /// Frames pushed (what `tail` holds once published).
+    tail: usize,
+    /// Slot of the next push (`tail % slots`, kept without a division).
+    slot: usize,
+    /// The consumer's `head` as last read.
+    head_seen: usize,
+}
+
+impl Producer {
+    /// The slot to fill next, if the ring has room (re-reading the consumer's index only if it looks full).
+    fn reserve(&mut self, ring: &Ring) -> Option<usize> {
+        if self.tail.wrapping_sub(self.head_seen) >= ring.slots {
+            // Acquire pairs with the consumer's release store of `head` after it copied the slot out: the slot
+            // may be overwritten now.
+            self.head_seen = ring.head.0.load(Ordering::Acquire);
+            if self.tail.wrapping_sub(self.head_seen) >= ring.slots {
+                return None;
+            }
+        }
+        Some(self.slot)
+    }
+
+    /// Publishes the reserved slot holding `len` bytes.
+    fn commit(&mut self, ring: &Ring, len: usize) {
+        if let Some(l) = ring.lens.get(self.slot) {
+            l.store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        self.slot = if self.slot + 1 == ring.slots {
+            0
+        } else {
+            self.slot + 1
+        };
+        // Release pairs with the consumer's acquire load of `tail`: the slot's bytes and length are visible first.
+        ring.tail.0.store(self.tail, Ordering::Release);
+    }
+
+    fn push(&mut self, ring: &Ring, frame: &[&[u8]]) -> Result<SendStatus, BackendError> {
         let len: usize = frame.iter().map(|p| p.len()).sum();
-        if len > self.slot_len {
+        if len > ring.slot_len {
             return Err(BackendError::TooLarge {
                 len,
-                max: self.slot_len,
+                max: ring.slot_len,
             });
         }
-        let slots = self.lens.len();
-        if self.count == slots {
+        let Some(index) = self.reserve(ring) else {
             return Ok(SendStatus::WouldBlock);
-        }
-        let index = (self.head + self.count) % slots;
-        let start = index * self.slot_len;
-        let mut at = start;
+        };
+        let dst = ring.slot(index, len).ok_or(BackendError::Unsupported)?;
+        let mut at = 0;
         for piece in frame {
-            if let Some(dst) = self.data.get_mut(at..at + piece.len()) {
-                dst.copy_from_slice(piece);
-            }
-            at += piece.len();
+            at += dst.write_at(at, piece);
         }
-        if let Some(l) = self.lens.get_mut(index) {
-            *l = len;
-        }
-        self.count += 1;
+        self.commit(ring, len);
         Ok(SendStatus::Sent)
     }
 
-    fn pop(&mut self, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
-        if self.count == 0 {
-            return Ok(None);
+    fn push_slices(
+        &mut self,
+        ring: &Ring,
+        header: &[u8],
+        frame: &[DeviceSlice<'_>],
+    ) -> Result<SendStatus, BackendError> {
+        let len = header.len() + frame.iter().map(DeviceSlice::len).sum::<usize>();
+        if len > ring.slot_len {
+            return Err(BackendError::TooLarge {
+                len,
+                max: ring.slot_len,
+            });
         }
-        let index = self.head;
-        self.head = (self.head + 1) % self.lens.len();
-        self.count -= 1;
-        let len = self.lens.get(index).copied().unwrap_or(0);
-        let start = index * self.slot_len;
-        match (buf.get_mut(..len), self.data.get(start..start + len)) {
+        let Some(index) = self.reserve(ring) else {
+            return Ok(SendStatus::WouldBlock);
+        };
+        let dst = ring.slot(index, len).ok_or(BackendError::Unsupported)?;
+        let mut at = dst.write_at(0, header);
+        for piece in frame {
+            at += dst.copy_from(at, piece);
+        }
+        self.commit(ring, len);
+        Ok(SendStatus::Sent)
+    }
+}
+
+/// The consumer's private state of one ring.
+#[derive(Debug, Default, Clone, Copy)]
+struct Consumer {
+    /// Frames popped (what `head` holds once published).
+    head: usize,
+    /// Slot of the next pop.
+    slot: usize,
+    /// The producer's `tail` as last read.
+    tail_seen: usize,
+}
+
+impl Consumer {
+    fn pop(&mut self, ring: &Ring, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
+        if self.head == self.tail_seen {
+            // Acquire pairs with the producer's release store of `tail` (see `Producer::commit`).
+            self.tail_seen = ring.tail.0.load(Ordering::Acquire);
+            if self.head == self.tail_seen {
+                return Ok(None);
+            }
+        }
+        let index = self.slot;
+        let len = ring
+            .lens
+            .get(index)
+            .map_or(0, |l| l.load(Ordering::Relaxed) as usize);
+        let result = match (buf.get_mut(..len), ring.slot(index, len)) {
             (Some(dst), Some(src)) => {
-                dst.copy_from_slice(src);
+                src.read_at(0, dst);
                 Ok(Some(len))
             }
             _ => Err(BackendError::TooLarge {
                 len,
                 max: buf.len(),
             }),
-        }
+        };
+        self.head = self.head.wrapping_add(1);
+        self.slot = if self.slot + 1 == ring.slots {
+            0
+        } else {
+            self.slot + 1
+        };
+        // Release pairs with the producer's acquire load of `head` in `reserve`: the slot was read out before the
+        // producer may reuse it.
+        ring.head.0.store(self.head, Ordering::Release);
+        result
     }
 }
 
@@ -130,13 +252,17 @@ impl Default for PairConfig {
     }
 }
 
-type Channels = Arc<Vec<Mutex<Ring>>>;
+type Channels = Arc<Vec<Ring>>;
 
 /// One end of an in-memory link: a [`NetBackend`].
 #[derive(Debug)]
 pub struct PairEnd {
     tx: Channels,
     rx: Channels,
+    /// This end is the only producer of each `tx` ring and the only consumer of each `rx` ring (`PairEnd` is not
+    /// `Clone`), so the private halves of the indices live here.
+    producers: Vec<Producer>,
+    consumers: Vec<Consumer>,
     header_len: usize,
     offloads: Offloads,
 }
@@ -144,33 +270,36 @@ pub struct PairEnd {
 fn channels(config: &PairConfig) -> Channels {
     Arc::new(
         (0..config.queue_pairs.max(1))
-            .map(|_| Mutex::new(Ring::new(config.slots.max(1), config.slot_len())))
+            .map(|_| Ring::new(config.slots.max(1), config.slot_len()))
             .collect(),
     )
 }
 
 impl PairEnd {
+    fn new(tx: Channels, rx: Channels, config: &PairConfig) -> Self {
+        Self {
+            producers: std::vec![Producer::default(); tx.len()],
+            consumers: std::vec![Consumer::default(); rx.len()],
+            tx,
+            rx,
+            header_len: config.vnet_header_len,
+            offloads: Offloads::default(),
+        }
+    }
+
     /// Two ends wired back to back.
     pub fn pair(config: PairConfig) -> (Self, Self) {
         let (a, b) = (channels(&config), channels(&config));
-        let end = |tx: &Channels, rx: &Channels| Self {
-            tx: tx.clone(),
-            rx: rx.clone(),
-            header_len: config.vnet_header_len,
-            offloads: Offloads::default(),
-        };
-        (end(&a, &b), end(&b, &a))
+        (
+            Self::new(a.clone(), b.clone(), &config),
+            Self::new(b, a, &config),
+        )
     }
 
     /// One end whose sends come back as its own receives.
     pub fn loopback(config: PairConfig) -> Self {
         let a = channels(&config);
-        Self {
-            tx: a.clone(),
-            rx: a,
-            header_len: config.vnet_header_len,
-            offloads: Offloads::default(),
-        }
+        Self::new(a.clone(), a, &config)
     }
 
     /// The offloads last set by the device.
@@ -180,15 +309,15 @@ impl PairEnd {
 
     /// Frames waiting to be received on `pair`.
     pub fn pending(&self, pair: u16) -> usize {
-        self.rx.get(usize::from(pair)).map_or(0, |r| {
-            r.lock().unwrap_or_else(PoisonError::into_inner).count
-        })
+        self.rx.get(usize::from(pair)).map_or(0, Ring::pending)
     }
 
-    fn ring(channels: &Channels, pair: u16) -> Result<&Mutex<Ring>, BackendError> {
-        channels
-            .get(usize::from(pair))
-            .ok_or(BackendError::Unsupported)
+    fn producer(&mut self, pair: u16) -> Result<(&Ring, &mut Producer), BackendError> {
+        let i = usize::from(pair);
+        match (self.tx.get(i), self.producers.get_mut(i)) {
+            (Some(ring), Some(p)) => Ok((ring, p)),
+            _ => Err(BackendError::Unsupported),
+        }
     }
 }
 
@@ -202,17 +331,30 @@ impl NetBackend for PairEnd {
     }
 
     fn send(&mut self, pair: u16, frame: &[&[u8]]) -> Result<SendStatus, BackendError> {
-        Self::ring(&self.tx, pair)?
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(frame)
+        let (ring, producer) = self.producer(pair)?;
+        producer.push(ring, frame)
+    }
+
+    fn takes_slices(&self) -> bool {
+        true
+    }
+
+    fn send_slices(
+        &mut self,
+        pair: u16,
+        header: &[u8],
+        frame: &[DeviceSlice<'_>],
+    ) -> Result<SendStatus, BackendError> {
+        let (ring, producer) = self.producer(pair)?;
+        producer.push_slices(ring, header, frame)
     }
 
     fn recv(&mut self, pair: u16, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
-        Self::ring(&self.rx, pair)?
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop(buf)
+        let i = usize::from(pair);
+        match (self.rx.get(i), self.consumers.get_mut(i)) {
+            (Some(ring), Some(c)) => c.pop(ring, buf),
+            _ => Err(BackendError::Unsupported),
+        }
     }
 
     fn set_offloads(&mut self, offloads: Offloads) -> Result<(), BackendError> {
@@ -253,5 +395,86 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(l.recv(0, &mut buf).unwrap(), None);
         assert_eq!(l.recv(1, &mut buf).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn pair_wraps_slots_many_times_in_order() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(3).vnet_header_len(0));
+        let mut buf = [0u8; 8];
+        let mut next_rx = 0u32;
+        for i in 0..100u32 {
+            assert_eq!(a.send(0, &[&i.to_le_bytes()]).unwrap(), SendStatus::Sent);
+            if i % 2 == 1 {
+                assert_eq!(a.pending(0), 0);
+                assert_eq!(b.pending(0), 2);
+                for _ in 0..2 {
+                    assert_eq!(b.recv(0, &mut buf).unwrap(), Some(4));
+                    assert_eq!(buf[..4], next_rx.to_le_bytes());
+                    next_rx += 1;
+                }
+            }
+        }
+        assert_eq!(b.recv(0, &mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn pair_recv_into_short_buffer_consumes_the_frame() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(2).vnet_header_len(0));
+        a.send(0, &[b"toolong"]).unwrap();
+        a.send(0, &[b"ok"]).unwrap();
+        let mut small = [0u8; 3];
+        assert!(matches!(
+            b.recv(0, &mut small),
+            Err(BackendError::TooLarge { len: 7, max: 3 })
+        ));
+        assert_eq!(b.recv(0, &mut small).unwrap(), Some(2));
+    }
+
+    #[test]
+    fn pair_send_slices_copies_header_and_parts() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(2).vnet_header_len(2));
+        let mem = HeapMemory::new(DeviceAddr::new(0x1000), 4096).unwrap();
+        let s = DeviceSlice::new(&mem, DeviceAddr::new(0x1000), 6).unwrap();
+        s.write_at(0, b"abcdef");
+        let parts = [s.subslice(0, 2).unwrap(), s.subslice(4, 2).unwrap()];
+        assert!(a.takes_slices());
+        assert_eq!(a.send_slices(0, b"hh", &parts).unwrap(), SendStatus::Sent);
+        let mut buf = [0u8; 16];
+        assert_eq!(b.recv(0, &mut buf).unwrap(), Some(6));
+        assert_eq!(&buf[..6], b"hhabef");
+        assert_eq!(
+            a.send_slices(1, b"", &parts),
+            Err(BackendError::Unsupported)
+        );
+    }
+
+    #[test]
+    fn pair_threads_pass_every_frame_in_order() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(8).vnet_header_len(0));
+        const N: u32 = 100_000;
+        let sender = std::thread::spawn(move || {
+            let mut i = 0u32;
+            while i < N {
+                let bytes = i.to_le_bytes();
+                match a.send(0, &[&bytes, &bytes]).unwrap() {
+                    SendStatus::Sent => i += 1,
+                    SendStatus::WouldBlock => std::hint::spin_loop(),
+                }
+            }
+        });
+        let mut buf = [0u8; 8];
+        let mut expect = 0u32;
+        while expect < N {
+            match b.recv(0, &mut buf).unwrap() {
+                Some(n) => {
+                    assert_eq!(n, 8);
+                    assert_eq!(buf[..4], expect.to_le_bytes());
+                    assert_eq!(buf[4..], expect.to_le_bytes());
+                    expect += 1;
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        sender.join().unwrap();
     }
 }
