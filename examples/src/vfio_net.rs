@@ -11,9 +11,9 @@
 //! - DMA memory: a modern device must negotiate `VIRTIO_F_ACCESS_PLATFORM` and gets [`VfioDma`] (one region mapped
 //!   at a fixed IOVA). A device on the legacy interface cannot, so it gets [`VfioPaDma`]: IOVA = physical address
 //!   from `/proc/self/pagemap` (needs root; the error says so otherwise).
-//! - Interrupts: MSI-X vectors through eventfds (one per queue when the device has enough). The loop busy-polls
-//!   while traffic flows; when idle it re-enables the receive interrupts and sleeps in `poll(2)` on the eventfds
-//!   (a short sleep instead when no MSI-X could be set up).
+//! - Interrupts: MSI-X vectors through eventfds (one per queue when the device has enough), but suppressed on every
+//!   queue while the loop busy-polls. When idle, `echo`/`responder` re-enable the receive interrupts and sleep in
+//!   `poll(2)` on the eventfds (a short sleep instead when no MSI-X could be set up).
 //! - `pktgen` sends `--count` UDP frames of `--size` bytes (bursts of `--burst`, spread over the queue pairs) and
 //!   prints the rate. `responder` answers ARP requests for `--ip` and ICMP echo requests to it. `echo` also sends
 //!   every UDP datagram to `--ip` back (MACs, addresses and ports swapped: the checksums stay valid) after checking
@@ -477,6 +477,12 @@ fn run_with<M: RingMemory>(
         Some(InterruptMode::PerQueueVectors | InterruptMode::SharedVector) => 2 * setup.pairs + 2,
         _ => 0,
     };
+    // Poll mode: no used-buffer interrupts (each would cost the device an MSI and us a wake-up); `serve` re-arms the
+    // receive queues only while it sleeps.
+    for p in 0..setup.pairs {
+        d.disable_interrupts(NetDriver::<PciTransport<VfioAccess>, &M>::rx_queue(p));
+        d.disable_interrupts(NetDriver::<PciTransport<VfioAccess>, &M>::tx_queue(p));
+    }
     let result = match args.mode {
         Mode::Pktgen => pktgen(args, &mut d, &setup),
         Mode::Echo | Mode::Responder => serve(args, &mut d, &setup, vectors),
