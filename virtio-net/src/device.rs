@@ -446,17 +446,35 @@ fn send_chain<B: NetBackend, M: RingMemory>(
     header: &mut [u8; MAX_HEADER],
 ) -> core::result::Result<Option<core::result::Result<SendStatus, BackendError>>, virtio_core::Error>
 {
+    if header_len < backend_header {
+        // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0 there.
+        header.fill(0);
+    }
+    let readable = chain.readable();
+    if let [segment] = readable {
+        // The usual TX chain: header and frame in one buffer.
+        let slice = segment.slice(memory)?;
+        if let Some(frame) = slice
+            .len()
+            .checked_sub(header_len)
+            .and_then(|n| slice.subslice(header_len, n))
+        {
+            slice.read_at(0, header.get_mut(..header_len).unwrap_or(&mut []));
+            let header = header.get(..backend_header).unwrap_or(&[]);
+            return Ok(Some(backend.send_slices(
+                pair,
+                header,
+                core::slice::from_ref(&frame),
+            )));
+        }
+    }
     let Some(empty) = DeviceSlice::new(memory, DeviceAddr::new(0), 0) else {
         return Ok(None);
     };
     let mut parts = [empty; TX_MAX_PARTS];
     let mut n = 0;
     let mut header_at = 0;
-    if header_len < backend_header {
-        // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0 there.
-        header.fill(0);
-    }
-    for segment in chain.readable() {
+    for segment in readable {
         let slice = segment.slice(memory)?;
         let mut offset = 0;
         if header_at < header_len {
