@@ -11,9 +11,23 @@
 //!   virtio-user txonly (`--txpkts=64`) on CPU 1, the receiver's `Rx-pps` over 10 s.
 //! - `net-gbps/<split|packed>/<1500B|64KiB>` — Gbit/s of Ethernet frame bytes (virtio-net header excluded), same
 //!   setup with 1500-byte and 65536-byte frames.
-//! - `net-pps-sink/<split|packed>/64B` — as `net-pps` but the device's backend is a counting sink (counts and drops
-//!   each frame, as testpmd's rxonly does): the device's own cost without the two copies and two mutex round trips
-//!   of the `Pair`.
+//! - `net-pps-sink/<split|packed>/64B` — as `net-pps` but the device's backend is a sink that copies each frame out
+//!   of the driver's buffer into one scratch buffer and counts it (what DPDK's vhost dequeue + testpmd rxonly do:
+//!   one copy into an mbuf, then the mbuf is freed): the device's own cost without the `Pair`.
+//!
+//! What each side does per 64-byte frame (so the comparison is apples to apples):
+//!
+//! | step | ours (`net-pps`) | ours (`net-pps-sink`) | DPDK testpmd |
+//! |---|---|---|---|
+//! | sender builds the frame | `send_burst` copies header + frame into the driver's 2 KiB TX slot | same | txonly writes the packet headers into an mbuf from a template; the virtio-net header is pushed into the mbuf headroom |
+//! | ring (sender) | one descriptor, avail entry, `avail.idx` store per frame (split) / descriptor + flags per frame (packed); one notification decision per burst of 32; lazy reclaim of used slots | same | one descriptor per packet, avail entries per packet, `avail.idx` once per burst (split); flags per descriptor (packed); reclaim when the free count falls below a threshold |
+//! | ring (receiver) | pop chain (validated, DESIGN §5), used elements of a burst published with one `used.idx` store (split) / one head-flags store (packed) | same | pop a burst of up to 32 after one `avail.idx` read; shadow used ring flushed once per burst |
+//! | payload | header read + **one copy** from the driver's buffer into a `Pair` slot (`NetBackend::send_slices`), then **a second copy** out of the slot by the consumer (`PairEnd::recv`, same thread) | **one copy** into the sink's buffer | **one copy** into an mbuf, freed in bulk by rxonly |
+//! | hand-off | lock-free SPSC ring of the `Pair` | none | none |
+//!
+//! So `net-pps-sink` is the like-for-like comparison with testpmd; `net-pps` does one more copy and the `Pair`.
+//! `--callgrind <split|packed> [--sink]` runs the same steps single-threaded for instruction counting (see
+//! `tests/benches/net-callgrind.sh`).
 //!
 //! Transport: the driver runs over `virtio_mmio::MmioTransport` on a `Mutex<MmioDevice<NetDevice>>` (the
 //! in-process transport the virtio-net tests use, in its thread-safe form). Setup (feature negotiation, queue
@@ -306,11 +320,24 @@ fn main() {
 // ours
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A backend that counts frames and drops them (testpmd's rxonly): the device's cost alone.
-#[derive(Debug, Default)]
+/// A backend that copies each frame out (as vhost copies into an mbuf), counts and drops it (testpmd's rxonly):
+/// the device's cost alone.
+#[derive(Debug)]
 struct Sink {
     frames: u64,
     bytes: u64,
+    /// Where each frame is copied (one buffer, reused).
+    scratch: Vec<u8>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self {
+            frames: 0,
+            bytes: 0,
+            scratch: vec![0; VNET_HDR + virtio_net::MAX_FRAME_LEN],
+        }
+    }
 }
 
 impl NetBackend for Sink {
@@ -335,9 +362,18 @@ impl NetBackend for Sink {
         header: &[u8],
         frame: &[DeviceSlice<'_>],
     ) -> Result<SendStatus, BackendError> {
-        let len: usize = frame.iter().map(DeviceSlice::len).sum();
+        let mut at = header.len();
+        for part in frame {
+            let Some(dst) = self.scratch.get_mut(at..at + part.len()) else {
+                return Err(BackendError::TooLarge {
+                    len: at + part.len(),
+                    max: self.scratch.len(),
+                });
+            };
+            at += part.read_at(0, dst);
+        }
         self.frames += 1;
-        self.bytes += (header.len() + len).saturating_sub(VNET_HDR) as u64;
+        self.bytes += at.saturating_sub(VNET_HDR) as u64;
         Ok(SendStatus::Sent)
     }
 

@@ -370,6 +370,7 @@ unsafe impl Sync for RingRegion {}
 macro_rules! atomic_accessors {
     ($load:ident, $store:ident, $ty:ty, $atomic:ty) => {
         #[inline(always)]
+        #[allow(dead_code)] // Not every width is loaded by itself (descriptors go through `load_descriptor`).
         pub(crate) fn $load(&self, offset: usize, order: Ordering) -> $ty {
             let ptr = self.word::<$ty>(offset);
             // SAFETY: `word` checked bounds and alignment; the memory is valid per `RingMemory`'s contract, and the

@@ -240,18 +240,19 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         let mut flags = head_flags;
         loop {
             builder.count(size)?;
+            // One bounds check for the whole descriptor; each field is read once here. The head's flags were
+            // read (acquire) by the caller and are not taken from this second load.
+            let (addr, len, id, desc_flags) =
+                self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
+            let addr = DeviceAddr::new(addr);
             if slots != 0 {
                 // Written before the head's flags, so visible after the acquire on them; checked anyway, since a
                 // driver that publishes a head before its tail is broken.
-                flags = self.flags_at(pos, Ordering::Relaxed);
+                flags = desc_flags;
                 if !is_available(flags, wrap) {
                     return Err(Error::PackedDescriptorNotAvailable { index: pos });
                 }
             }
-            let base = usize::from(pos) * DESC_SIZE;
-            let addr = DeviceAddr::new(self.desc.load_u64(base, Ordering::Relaxed));
-            let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
-            let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
             slots += 1;
             advance(&mut pos, &mut wrap, 1, self.size);
             if flags & DESC_F_INDIRECT != 0 {
@@ -359,7 +360,15 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         let first_flags = self.write_used_elem(first_token.id, *first_len, None);
         self.advance_used(first_token.descriptors);
         for &(token, len) in rest {
-            self.write_used_elem(token.id, len, Some(Ordering::Relaxed));
+            // len, id and flags in one store: the driver reads none of them before the first element's flags
+            // (stored last, below) are published.
+            let flags = used_flags(self.used_wrap) | if len != 0 { DESC_F_WRITE } else { 0 };
+            let word = u64::from(len) | u64::from(token.id) << 32 | u64::from(flags) << 48;
+            self.desc.store_u64(
+                usize::from(self.next_used) * DESC_SIZE + 8,
+                word,
+                Ordering::Relaxed,
+            );
             self.advance_used(token.descriptors);
         }
         // Release publishes the whole batch: the driver reads in ring order and starts at the first element.
