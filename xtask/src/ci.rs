@@ -57,7 +57,7 @@ const STEPS: &[(&str, &str, StepFn)] = &[
 ];
 
 /// The end-to-end suites the full test command runs (each prints one PASS/FAIL line per cell).
-const E2E_SUITES: &[&str] = &["vfio-smoke", "vfio", "guest"];
+const E2E_SUITES: &[&str] = &["vfio-smoke", "vfio", "guest", "vmm"];
 
 fn e2e(ctx: &Ctx) -> Result<(), String> {
     for suite in E2E_SUITES {

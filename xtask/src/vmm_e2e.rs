@@ -243,8 +243,11 @@ fn boot_l1(
 ) -> Result<Vec<String>, String> {
     // `VMM_L2_LOG=loglevel=7` (say) replaces the L2 kernel's `quiet` when a cell needs debugging.
     let l2_log = std::env::var("VMM_L2_LOG").unwrap_or_else(|_| "quiet".into());
+    // `VMM_WINDOW=N`: net-check's window of unanswered datagrams (default 64).
+    let window = std::env::var("VMM_WINDOW").unwrap_or_else(|_| "64".into());
     let append = format!(
-        "console=ttyS0 panic=-1 quiet vmm_mode={} vmm_cells={} vmm_cell_timeout={CELL_TIMEOUT_S} vmm_l2_log={l2_log}",
+        "console=ttyS0 panic=-1 quiet vmm_mode={} vmm_cells={} vmm_cell_timeout={CELL_TIMEOUT_S} \
+         vmm_l2_log={l2_log} vmm_window={window}",
         mode.as_str(),
         cells.join(",")
     );

@@ -13,6 +13,7 @@ for m in irqbypass kvm ccp kvm-amd tun; do
 done
 [ -e /dev/kvm ] || echo "VMM-L1: no /dev/kvm"
 ip link set lo up
+echo 4194304 > /proc/sys/net/core/rmem_default; echo 4194304 > /proc/sys/net/core/rmem_max
 if [ "$MODE" = bench ]; then
   iperf3 -s -D
 else
@@ -40,7 +41,7 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
   V=${C%%:*}; TR=${C#*:}; T=${TR%%:*}; R=${TR#*:}
   LOG=/tmp/l2-$V-$T-$R.log
   rm -f $LOG
-  CMD="console=ttyS0 panic=-1 $(arg vmm_l2_log) vmm_t=$T vmm_r=$R vmm_mode=$MODE"
+  CMD="console=ttyS0 panic=-1 $(arg vmm_l2_log) vmm_window=$(arg vmm_window) vmm_t=$T vmm_r=$R vmm_mode=$MODE"
   T0=$(now)
   if [ $V = qemu ]; then
     ( run_qemu $T $R "$CMD" ) < /dev/null > $LOG 2>&1 &

@@ -31,8 +31,11 @@ ping_l1() {
     i=$((i+1)); [ $i -ge $1 ] && return 1
   done
 }
+# Socket buffers big enough for a full window of datagrams (a drop costs a 300 ms retransmit stall).
+echo 4194304 > /proc/sys/net/core/rmem_default; echo 4194304 > /proc/sys/net/core/rmem_max
+WINDOW=$(arg vmm_window); [ -n "$WINDOW" ] || WINDOW=64
 stream() { # COUNT SIZE
-  net-check stream --to $L1:$PORT --count $1 --size $2 --window 256 --timeout-s 240
+  net-check stream --to $L1:$PORT --count $1 --size $2 --window $WINDOW --timeout-s 240
 }
 
 insmod /lib/modules/virtio_net.ko || fail "insmod-virtio_net"
