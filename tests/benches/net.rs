@@ -38,7 +38,9 @@
 //! one notification decision each (`send_burst`, completed slots reclaimed lazily); the device runs in TX polling
 //! mode (`set_tx_polling`): driver notifications stay off and `process_tx` returns when the ring is empty, without
 //! the re-enable/barrier/re-check (every `ours` case, sink included).
-//! Features: VERSION_1, EVENT_IDX, MRG_RXBUF (+ RING_PACKED), queues of 256 entries.
+//! Features: VERSION_1, EVENT_IDX, IN_ORDER, MRG_RXBUF (+ RING_PACKED), queues of 256 entries (virtio-user's
+//! defaults in DPDK include `in_order=1` and `mrg_rxbuf=1`; with IN_ORDER our device returns each TX burst as one
+//! used element).
 //!
 //! Run with `cargo bench -p virtio-sdk-tests --bench net` or `cargo xtask bench net` (about 90 s on two idle cores).
 //! Options after `--`: `--quick` (one short run per case), `--no-dpdk`, `--filter SUBSTRING`, `--runs N`,
@@ -496,7 +498,8 @@ fn setup<B: NetBackend>(packed: bool, backend: B) -> (Driver<B>, Shared<B>, Arc<
         // how the kernel backs it.
         unsafe { libc::madvise(all.as_ptr().cast(), MEM_LEN, libc::MADV_HUGEPAGE) };
     }
-    let mut rings = Features::VERSION_1 | Features::EVENT_IDX;
+    // IN_ORDER as DPDK's virtio-user negotiates it by default (`in_order=1`, which its vhost-user supports).
+    let mut rings = Features::VERSION_1 | Features::EVENT_IDX | Features::IN_ORDER;
     if packed {
         rings |= Features::RING_PACKED;
     }

@@ -197,6 +197,7 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
     }
 
     /// Pops the next available chain into `chain`. Returns `false` when nothing is available.
+    #[inline(always)]
     pub fn pop_into(&mut self, chain: &mut Chain) -> Result<bool> {
         if self.broken {
             return Err(Error::QueueBroken);
@@ -232,6 +233,7 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         }
     }
 
+    #[inline(always)]
     fn read_chain(&self, head_flags: u16, chain: &mut Chain) -> Result<(u16, bool)> {
         let size = u32::from(self.size);
         let mut builder = chain.begin();

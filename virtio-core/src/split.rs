@@ -214,6 +214,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
 
     /// Pops the next available chain into `chain` (reusable; see [`Chain::with_capacity`]). Returns `false` when
     /// the ring is empty.
+    #[inline(always)]
     pub fn pop_into(&mut self, chain: &mut Chain) -> Result<bool> {
         if self.broken {
             return Err(Error::QueueBroken);
@@ -251,6 +252,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         }
     }
 
+    #[inline(always)]
     fn read_chain(&self, head: u16, chain: &mut Chain) -> Result<()> {
         let size = u32::from(self.size);
         let mut builder = chain.begin();

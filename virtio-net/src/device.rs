@@ -19,7 +19,8 @@ use core::fmt;
 
 use virtio_core::device::{ActiveQueue, Interrupt, VirtioDevice};
 use virtio_core::{
-    Chain, DeviceAddr, DeviceQueue, DeviceSlice, Features, NotificationData, RingMemory, UsedToken,
+    Chain, DeviceAddr, DeviceQueue, DeviceSlice, Features, InOrderBatch, NotificationData,
+    RingMemory, UsedToken,
 };
 
 use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
@@ -679,6 +680,9 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let header_len = self.header_len.bytes();
         let backend_header = self.backend.vnet_header_len().min(MAX_HEADER);
         let slices = self.backend.takes_slices();
+        // TX chains are always returned in the order they were popped (a held frame stops the burst), so with
+        // VIRTIO_F_IN_ORDER one used element per burst names them all (virtio 1.3 §2.7.9, §2.8.11).
+        let in_order = self.features.contains(Features::IN_ORDER);
         let Self {
             pairs,
             backend,
@@ -852,7 +856,16 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 *tx_pending = Some((token, len));
             }
             if !tx_used.is_empty() {
-                if let Err(e) = q.add_used_batch(tx_used) {
+                let added = if in_order {
+                    let mut batch = InOrderBatch::new();
+                    for &(token, _) in tx_used.iter() {
+                        batch.push(token);
+                    }
+                    q.add_used_in_order(&batch, 0)
+                } else {
+                    q.add_used_batch(tx_used)
+                };
+                if let Err(e) = added {
                     ring_error.get_or_insert(e);
                 }
                 tx_used.clear();
