@@ -65,6 +65,9 @@ pub struct VmControl {
     cond: Condvar,
     /// Set with the reason; read by vCPU threads on every exit without taking the lock.
     exiting: AtomicBool,
+    /// Bumped to ask every vCPU to print its registers at its next return from KVM_RUN (see
+    /// `VMM_GLUE_DUMP_SECS` in [`Vm::run`]).
+    dump_requests: std::sync::atomic::AtomicU32,
 }
 
 impl VmControl {
@@ -336,6 +339,32 @@ impl Vm {
                 })?;
             threads.push(thread);
         }
+        // Debugging aid: with VMM_GLUE_DUMP_SECS=N, every N seconds each vCPU is kicked out of KVM_RUN and prints
+        // its registers (a guest spinning or halted without exits shows where it is).
+        let join_guard = Arc::new(Mutex::new(()));
+        if let Some(secs) = std::env::var("VMM_GLUE_DUMP_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+        {
+            let (control, guard) = (control.clone(), join_guard.clone());
+            let targets: Vec<libc::pthread_t> =
+                threads.iter().map(|t| t.pthread_handle()).collect();
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(secs));
+                let _held = guard.lock().unwrap_or_else(PoisonError::into_inner);
+                if control.is_exiting() {
+                    return;
+                }
+                control.dump_requests.fetch_add(1, Ordering::AcqRel);
+                for t in &targets {
+                    // SAFETY: `run` joins the vCPU threads only after the VM is exiting and after taking
+                    // `join_guard`, which is held here and checked after `is_exiting`: every handle is of a thread
+                    // that is running or finished but not yet joined, so it is valid for pthread_kill.
+                    unsafe { libc::pthread_kill(*t, kick_signal()) };
+                }
+            });
+        }
         let reason = control.wait();
         for thread in &threads {
             // A vCPU blocked in KVM_RUN returns with EINTR when signalled; repeat until it noticed, since a
@@ -346,6 +375,7 @@ impl Vm {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        let _no_more_dumps = join_guard.lock().unwrap_or_else(PoisonError::into_inner);
         for thread in threads {
             if thread.is_finished() {
                 let _ = thread.join();
@@ -383,10 +413,27 @@ const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
 
 fn run_vcpu(id: u8, mut vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VmControl) {
+    let mut exits = 0u64;
+    let mut dumped = 0u32;
     loop {
         if control.is_exiting() {
             return;
         }
+        let generation = control.dump_requests.load(Ordering::Acquire);
+        if generation != dumped {
+            dumped = generation;
+            let regs = vcpu.get_regs().ok();
+            let sregs = vcpu.get_sregs().ok();
+            eprintln!(
+                "vmm-glue: vCPU {id}: {exits} exits, rip {:#x}, rsp {:#x}, rflags {:#x}, cr0 {:#x}, cr3 {:#x}",
+                regs.map_or(0, |r| r.rip),
+                regs.map_or(0, |r| r.rsp),
+                regs.map_or(0, |r| r.rflags),
+                sregs.map_or(0, |s| s.cr0),
+                sregs.map_or(0, |s| s.cr3),
+            );
+        }
+        exits += 1;
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 pio.read(u64::from(port), data);
