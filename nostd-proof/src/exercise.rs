@@ -1,11 +1,10 @@
 //! The exercise: a driver queue and a device queue of `virtio-core`, split then packed, over one static buffer
 //! mapped identity-style (as a bare-metal guest maps its RAM), moving buffers both ways and checking every byte.
 
-use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::mem::Bump;
 use virtio_core::{
     Buffer, ContiguousMemory, DeviceAddr, DeviceQueue, DeviceSlice, DriverQueue, Features,
     QueueConfig, RingFormat, RingLayout,
@@ -14,41 +13,8 @@ use virtio_core::{
 const ARENA: usize = 256 * 1024;
 const RING_MEMORY: usize = 64 * 1024;
 
-/// A bump allocator over a static arena: the queues allocate their bookkeeping once, at creation.
-struct Bump {
-    arena: UnsafeCell<[u8; ARENA]>,
-    next: AtomicUsize,
-}
-
-// SAFETY: allocation hands out disjoint ranges through an atomic cursor; the arena is never accessed otherwise.
-unsafe impl Sync for Bump {}
-
-// SAFETY: `alloc` returns distinct, suitably aligned ranges inside the arena or null; `dealloc` never reuses memory.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let base = self.arena.get().cast::<u8>() as usize;
-        let mut start = 0;
-        let claimed = self
-            .next
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
-                start = (base + next).next_multiple_of(layout.align()) - base;
-                let end = start.checked_add(layout.size())?;
-                (end <= ARENA).then_some(end)
-            });
-        match claimed {
-            Ok(_) => (base + start) as *mut u8,
-            Err(_) => core::ptr::null_mut(),
-        }
-    }
-
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
-}
-
 #[global_allocator]
-static ALLOCATOR: Bump = Bump {
-    arena: UnsafeCell::new([0; ARENA]),
-    next: AtomicUsize::new(0),
-};
+static ALLOCATOR: Bump<ARENA> = Bump::new();
 
 #[repr(C, align(4096))]
 struct RingArea(UnsafeCell<[u8; RING_MEMORY]>);

@@ -1,4 +1,7 @@
-//! `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp`.
+//! `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp`, and a bump allocator.
+//!
+//! Shared with the bare-metal guest kernel (`examples/guest-kernel`, through `#[path]`): both are freestanding
+//! binaries that need the same runtime pieces.
 //!
 //! `core` and LLVM emit calls to these symbols, which a hosted program gets from libc.
 //! On `x86_64-unknown-linux-gnu` the precompiled `compiler_builtins` does not provide them
@@ -8,7 +11,10 @@
 //! offsets use the safe `wrapping_add` (always in bounds here, `i < n`) so that each
 //! `unsafe` block holds exactly one memory access.
 
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
 use core::ffi::c_int;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Copies `n` bytes from `src` to `dest`; the regions must not overlap.
 ///
@@ -108,4 +114,45 @@ pub(crate) unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> 
 pub(crate) unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> c_int {
     // SAFETY: same contract as `memcmp`, forwarded from our caller.
     unsafe { memcmp(a, b, n) }
+}
+
+/// A bump allocator over a static arena of `N` bytes; `dealloc` never reuses memory. Enough for programs whose
+/// allocations happen once, at setup (virtio-core allocates queue bookkeeping at creation only).
+pub(crate) struct Bump<const N: usize> {
+    arena: UnsafeCell<[u8; N]>,
+    next: AtomicUsize,
+}
+
+impl<const N: usize> Bump<N> {
+    /// An empty arena.
+    pub(crate) const fn new() -> Self {
+        Self {
+            arena: UnsafeCell::new([0; N]),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+// SAFETY: allocation hands out disjoint ranges through an atomic cursor; the arena is never accessed otherwise.
+unsafe impl<const N: usize> Sync for Bump<N> {}
+
+// SAFETY: `alloc` returns distinct, suitably aligned ranges inside the arena or null; `dealloc` never reuses memory.
+unsafe impl<const N: usize> GlobalAlloc for Bump<N> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = self.arena.get().cast::<u8>() as usize;
+        let mut start = 0;
+        let claimed = self
+            .next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
+                start = (base + next).next_multiple_of(layout.align()) - base;
+                let end = start.checked_add(layout.size())?;
+                (end <= N).then_some(end)
+            });
+        match claimed {
+            Ok(_) => (base + start) as *mut u8,
+            Err(_) => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
 }

@@ -21,6 +21,9 @@
 #![no_main]
 
 mod boot;
+// The freestanding runtime shared with the no_std proof binary.
+#[path = "../../../nostd-proof/src/mem.rs"]
+mod freestanding;
 mod io;
 mod mem;
 mod pci;

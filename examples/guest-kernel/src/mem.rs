@@ -1,121 +1,8 @@
-//! `memcpy`, `memmove`, `memset`, `memcmp` and `bcmp`; the heap; the DMA area.
-//!
-//! `core` and LLVM emit calls to these symbols, which a hosted program gets from libc.
-//! On `x86_64-unknown-linux-gnu` the precompiled `compiler_builtins` does not provide them
-//! (its `mem` feature is off), and this binary links with `-nostdlib`, so they are defined
-//! here. They are plain byte loops; the volatile accesses keep LLVM from recognising the
-//! loops as `memcpy`/`memset` idioms and turning them into calls to themselves. Pointer
-//! offsets use the safe `wrapping_add` (always in bounds here, `i < n`) so that each
-//! `unsafe` block holds exactly one memory access.
+//! The heap and the DMA area. The freestanding runtime (`memcpy` and friends, the bump allocator) is
+//! `nostd-proof/src/mem.rs`, shared through `#[path]` as `crate::freestanding`.
 
-use core::ffi::c_int;
-
-/// Copies `n` bytes from `src` to `dest`; the regions must not overlap.
-///
-/// # Safety
-///
-/// `src` must be valid for reads and `dest` valid for writes of `n` bytes, and the two
-/// regions must not overlap (the C contract of `memcpy`).
-#[no_mangle]
-pub(crate) unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: `i < n` and the caller guarantees `src` is readable for `n` bytes.
-        let byte = unsafe { src.wrapping_add(i).read_volatile() };
-        // SAFETY: `i < n` and the caller guarantees `dest` is writable for `n` bytes.
-        unsafe { dest.wrapping_add(i).write_volatile(byte) };
-        i += 1;
-    }
-    dest
-}
-
-/// Copies `n` bytes from `src` to `dest`; the regions may overlap.
-///
-/// # Safety
-///
-/// `src` must be valid for reads and `dest` valid for writes of `n` bytes.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    if dest.cast_const() <= src {
-        // Forward copy: each source byte is read before any write can reach it.
-        let mut i = 0;
-        while i < n {
-            // SAFETY: `i < n`; the caller guarantees `src` is readable for `n` bytes.
-            let byte = unsafe { src.wrapping_add(i).read_volatile() };
-            // SAFETY: `i < n`; the caller guarantees `dest` is writable for `n` bytes.
-            unsafe { dest.wrapping_add(i).write_volatile(byte) };
-            i += 1;
-        }
-    } else {
-        // Backward copy for `dest > src`, for the same reason.
-        let mut i = n;
-        while i > 0 {
-            i -= 1;
-            // SAFETY: `i < n`; the caller guarantees `src` is readable for `n` bytes.
-            let byte = unsafe { src.wrapping_add(i).read_volatile() };
-            // SAFETY: `i < n`; the caller guarantees `dest` is writable for `n` bytes.
-            unsafe { dest.wrapping_add(i).write_volatile(byte) };
-        }
-    }
-    dest
-}
-
-/// Fills `n` bytes at `dest` with the low byte of `c`.
-///
-/// # Safety
-///
-/// `dest` must be valid for writes of `n` bytes.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn memset(dest: *mut u8, c: c_int, n: usize) -> *mut u8 {
-    let [byte, ..] = c.to_le_bytes();
-    let mut i = 0;
-    while i < n {
-        // SAFETY: `i < n` and the caller guarantees `dest` is writable for `n` bytes.
-        unsafe { dest.wrapping_add(i).write_volatile(byte) };
-        i += 1;
-    }
-    dest
-}
-
-/// Compares `n` bytes; returns the difference of the first differing pair (as unsigned
-/// bytes), or 0.
-///
-/// # Safety
-///
-/// `a` and `b` must be valid for reads of `n` bytes.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> c_int {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: `i < n` and the caller guarantees `a` is readable for `n` bytes.
-        let x = unsafe { a.wrapping_add(i).read_volatile() };
-        // SAFETY: `i < n` and the caller guarantees `b` is readable for `n` bytes.
-        let y = unsafe { b.wrapping_add(i).read_volatile() };
-        if x != y {
-            return c_int::from(x) - c_int::from(y);
-        }
-        i += 1;
-    }
-    0
-}
-
-/// Like [`memcmp`], but only zero versus non-zero is meaningful.
-///
-/// # Safety
-///
-/// `a` and `b` must be valid for reads of `n` bytes.
-#[no_mangle]
-pub(crate) unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> c_int {
-    // SAFETY: same contract as `memcmp`, forwarded from our caller.
-    unsafe { memcmp(a, b, n) }
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
-// Heap and DMA memory.
-
-use core::alloc::{GlobalAlloc, Layout};
+use crate::freestanding::Bump;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes of the heap: the driver allocates its bookkeeping (queue shadows, free lists) once, at setup.
 const HEAP_BYTES: usize = 1024 * 1024;
@@ -123,41 +10,8 @@ const HEAP_BYTES: usize = 1024 * 1024;
 /// Bytes of device-visible memory for rings and packet buffers.
 pub(crate) const DMA_BYTES: usize = 24 * 1024 * 1024;
 
-/// A bump allocator over a static arena; `dealloc` never reuses memory (the kernel runs one test and exits).
-struct Bump {
-    arena: UnsafeCell<[u8; HEAP_BYTES]>,
-    next: AtomicUsize,
-}
-
-// SAFETY: allocation hands out disjoint ranges through an atomic cursor; the arena is never accessed otherwise.
-unsafe impl Sync for Bump {}
-
-// SAFETY: `alloc` returns distinct, suitably aligned ranges inside the arena, or null when it is exhausted.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let base = self.arena.get().cast::<u8>() as usize;
-        let mut start = 0;
-        let claimed = self
-            .next
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |next| {
-                start = (base + next).next_multiple_of(layout.align()) - base;
-                let end = start.checked_add(layout.size())?;
-                (end <= HEAP_BYTES).then_some(end)
-            });
-        match claimed {
-            Ok(_) => (base + start) as *mut u8,
-            Err(_) => core::ptr::null_mut(),
-        }
-    }
-
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
-}
-
 #[global_allocator]
-static ALLOCATOR: Bump = Bump {
-    arena: UnsafeCell::new([0; HEAP_BYTES]),
-    next: AtomicUsize::new(0),
-};
+static ALLOCATOR: Bump<HEAP_BYTES> = Bump::new();
 
 /// Device-visible memory: physical address = virtual address (identity map), so its address is what the device is
 /// given. Page-aligned for legacy queue layouts.
