@@ -132,7 +132,12 @@ impl Producer {
         header: &[u8],
         frame: &[DeviceSlice<'_>],
     ) -> Result<SendStatus, BackendError> {
-        let len = header.len() + frame.iter().map(DeviceSlice::len).sum::<usize>();
+        let body = match frame {
+            // The usual case: one piece.
+            [piece] => piece.len(),
+            _ => frame.iter().map(DeviceSlice::len).sum(),
+        };
+        let len = header.len() + body;
         if len > ring.slot_len {
             return Err(BackendError::TooLarge {
                 len,
