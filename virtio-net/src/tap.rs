@@ -18,12 +18,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::string::String;
 use std::vec::Vec;
 
+use virtio_core::DeviceSlice;
+
 use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
 
 /// `IFNAMSIZ`: interface names are at most 15 bytes plus the terminating NUL.
 const IFNAMSIZ: usize = 16;
 
-/// Most pieces one [`NetBackend::send`] gather list may have (the device uses 2).
+/// Most pieces one [`NetBackend::send`] gather list may have (the device uses 2; [`NetBackend::send_slices`] takes
+/// the header and up to this many frame pieces).
 pub const MAX_SEND_PIECES: usize = 8;
 
 /// `struct ifreq` with the `ifr_flags` member of its union (40 bytes on 64-bit Linux, as the kernel expects).
@@ -237,37 +240,28 @@ impl NetBackend for Tap {
 
     fn send(&mut self, pair: u16, frame: &[&[u8]]) -> Result<SendStatus, BackendError> {
         let fd = self.fd(pair)?;
-        let mut iov = [libc::iovec {
-            iov_base: core::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_SEND_PIECES];
-        let mut count = 0usize;
-        let mut total = 0usize;
-        for piece in frame.iter().filter(|p| !p.is_empty()) {
-            let slot = iov.get_mut(count).ok_or(BackendError::Unsupported)?;
-            *slot = libc::iovec {
-                iov_base: piece.as_ptr().cast_mut().cast(),
-                iov_len: piece.len(),
-            };
-            count += 1;
-            total += piece.len();
-        }
-        let count = libc::c_int::try_from(count).map_err(|_| BackendError::Unsupported)?;
-        // SAFETY: the first `count` entries of `iov` describe the caller's live slices (read-only for `writev`,
-        // the `*mut` is only the C signature), which outlive the call; `fd` is one of our open tap fds.
-        let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(SendStatus::WouldBlock),
-                errno => Err(BackendError::Io(errno.unwrap_or(0))),
-            };
-        }
-        if usize::try_from(n).ok() != Some(total) {
-            // A tap takes a frame whole or not at all; a short write is an error.
-            return Err(BackendError::Io(libc::EIO));
-        }
-        Ok(SendStatus::Sent)
+        let pieces = frame.iter().map(|p| (p.as_ptr(), p.len()));
+        // SAFETY: each piece is one of the caller's live slices, valid for reads of its length during the call.
+        unsafe { writev_frame(fd, pieces) }
+    }
+
+    fn takes_slices(&self) -> bool {
+        true
+    }
+
+    fn send_slices(
+        &mut self,
+        pair: u16,
+        header: &[u8],
+        frame: &[DeviceSlice<'_>],
+    ) -> Result<SendStatus, BackendError> {
+        let fd = self.fd(pair)?;
+        let pieces = core::iter::once((header.as_ptr(), header.len()))
+            .chain(frame.iter().map(|s| (s.as_ptr().cast_const(), s.len())));
+        // SAFETY: the header is the caller's live slice; each `DeviceSlice` is translated driver memory, valid for
+        // `len()` bytes while it is borrowed (for the whole call). The kernel copies the bytes once (`writev`), so
+        // a concurrent change by the driver only changes the frame's content, as with any guest buffer.
+        unsafe { writev_frame(fd, pieces) }
     }
 
     fn recv(&mut self, pair: u16, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
@@ -297,6 +291,49 @@ impl NetBackend for Tap {
     fn readiness_fd(&self, pair: u16) -> Option<i32> {
         self.fd(pair).ok()
     }
+}
+
+/// Writes one frame given as `(pointer, length)` pieces with one `writev` (empty pieces skipped, at most
+/// [`MAX_SEND_PIECES`] + 1 others).
+///
+/// # Safety
+///
+/// Each piece's pointer must be valid for reads of its length for the duration of the call.
+unsafe fn writev_frame(
+    fd: RawFd,
+    pieces: impl Iterator<Item = (*const u8, usize)>,
+) -> Result<SendStatus, BackendError> {
+    let mut iov = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SEND_PIECES + 1];
+    let mut count = 0usize;
+    let mut total = 0usize;
+    for (ptr, len) in pieces.filter(|&(_, len)| len != 0) {
+        let slot = iov.get_mut(count).ok_or(BackendError::Unsupported)?;
+        *slot = libc::iovec {
+            iov_base: ptr.cast_mut().cast(),
+            iov_len: len,
+        };
+        count += 1;
+        total += len;
+    }
+    let count = libc::c_int::try_from(count).map_err(|_| BackendError::Unsupported)?;
+    // SAFETY: the first `count` entries of `iov` describe pieces the caller guarantees readable for this call
+    // (read-only for `writev`, the `*mut` is only the C signature); `fd` is an open tap fd.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(SendStatus::WouldBlock),
+            errno => Err(BackendError::Io(errno.unwrap_or(0))),
+        };
+    }
+    if usize::try_from(n).ok() != Some(total) {
+        // A tap takes a frame whole or not at all; a short write is an error.
+        return Err(BackendError::Io(libc::EIO));
+    }
+    Ok(SendStatus::Sent)
 }
 
 #[cfg(test)]
