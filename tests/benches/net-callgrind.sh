@@ -4,10 +4,13 @@
 # `NetDriver::send_burst` (cg_driver), `NetDevice::process_tx` (cg_device) and draining the `Pair`'s other end
 # (cg_drain) on one thread; only those three functions are collected.
 #
-# Usage: tests/benches/net-callgrind.sh [BURSTS]   (default 20000 bursts of 32 frames)
+# Usage: tests/benches/net-callgrind.sh [BURSTS [EXTRA-BENCH-ARGS...]]   (default 20000 bursts of 32 frames;
+# e.g. `tests/benches/net-callgrind.sh 5000 --no-in-order`)
 set -eu
 cd "$(dirname "$0")/../.."
 bursts=${1:-20000}
+[ $# -gt 0 ] && shift
+extra="$*"
 out=target/bench/callgrind
 mkdir -p "$out"
 bin=$(cargo bench -p virtio-sdk-tests --bench net --no-run --message-format=json 2>/dev/null |
@@ -20,7 +23,7 @@ for case in split packed "split --sink" "packed --sink"; do
     # shellcheck disable=SC2086
     log=$(valgrind --tool=callgrind --callgrind-out-file="$file" --collect-atstart=no \
         --toggle-collect='*cg_driver*' --toggle-collect='*cg_device*' --toggle-collect='*cg_drain*' \
-        "$bin" --callgrind $case --bursts "$bursts" 2>/dev/null)
+        "$bin" --callgrind $case --bursts "$bursts" $extra 2>/dev/null)
     frames=$(echo "$log" | sed -n 's/.*: \([0-9]*\) frames measured/\1/p')
     ann=$(callgrind_annotate --inclusive=yes --threshold=100 "$file" 2>/dev/null)
     ir() { echo "$ann" | grep "net::$1" | head -n 1 | awk '{gsub(",", "", $1); print $1}'; }

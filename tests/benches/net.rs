@@ -44,7 +44,8 @@
 //!
 //! Run with `cargo bench -p virtio-sdk-tests --bench net` or `cargo xtask bench net` (about 90 s on two idle cores).
 //! Options after `--`: `--quick` (one short run per case), `--no-dpdk`, `--filter SUBSTRING`, `--runs N`,
-//! `--seconds S` (measured seconds per run of ours), `--verbose` (every run, testpmd's output), `--thp` (a
+//! `--seconds S` (measured seconds per run of ours), `--verbose` (every run, testpmd's output), `--no-in-order`
+//! (do not offer VIRTIO_F_IN_ORDER to our driver), `--thp` (a
 //! diagnostic: `madvise(MADV_HUGEPAGE)` on the driver's memory; TX frames up to 2 KiB with their header go to 2 KiB
 //! slots, larger ones to 64 KiB slots).
 //!
@@ -93,6 +94,9 @@ type Driver<B> = NetDriver<MmioTransport<PollRegs<B>>, Mem>;
 /// `--thp`: back the driver's memory (rings and buffers) with transparent huge pages.
 static THP: AtomicBool = AtomicBool::new(false);
 
+/// `--no-in-order`: do not offer VIRTIO_F_IN_ORDER (an A/B switch; DPDK's virtio-user negotiates it by default).
+static NO_IN_ORDER: AtomicBool = AtomicBool::new(false);
+
 /// Whether to print every run.
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 
@@ -130,6 +134,7 @@ fn main() {
     if let Some(s) = value_of("--seconds").and_then(|v| v.parse::<f64>().ok()) {
         params.seconds = s.clamp(0.05, 60.0);
     }
+    NO_IN_ORDER.store(flag("--no-in-order"), Ordering::Relaxed);
     if let Some(format) = value_of("--callgrind") {
         let bursts = value_of("--bursts")
             .and_then(|v| v.parse::<usize>().ok())
@@ -499,7 +504,10 @@ fn setup<B: NetBackend>(packed: bool, backend: B) -> (Driver<B>, Shared<B>, Arc<
         unsafe { libc::madvise(all.as_ptr().cast(), MEM_LEN, libc::MADV_HUGEPAGE) };
     }
     // IN_ORDER as DPDK's virtio-user negotiates it by default (`in_order=1`, which its vhost-user supports).
-    let mut rings = Features::VERSION_1 | Features::EVENT_IDX | Features::IN_ORDER;
+    let mut rings = Features::VERSION_1 | Features::EVENT_IDX;
+    if !NO_IN_ORDER.load(Ordering::Relaxed) {
+        rings |= Features::IN_ORDER;
+    }
     if packed {
         rings |= Features::RING_PACKED;
     }
