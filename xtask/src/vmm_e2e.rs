@@ -85,7 +85,7 @@ const QEMU_FIRMWARE: &[&str] = &[
 ];
 
 /// Limit for one L2 cell inside L1 (boot, checks, transfer, reloads).
-const CELL_TIMEOUT_S: u64 = 300;
+const CELL_TIMEOUT_S: u64 = 900;
 
 /// What one run of L1 should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,8 +193,8 @@ fn read_script(root: &Path, name: &str) -> Result<String, String> {
     Ok(format!("{INIT_PRELUDE}{body}"))
 }
 
-/// Builds both images and returns L1's.
-fn build_images(root: &Path) -> Result<GuestImage, String> {
+/// Builds both images (`target/guest/{prefix}-l2`, `{prefix}-l1`) and returns L1's.
+fn build_images(root: &Path, prefix: &str) -> Result<GuestImage, String> {
     let bins = build_static(root, &["mini-vmm", "net-check"])?;
     let mut tools = Vec::new();
     for (src, name) in bins.iter().zip(["mini-vmm", "net-check"]) {
@@ -205,7 +205,7 @@ fn build_images(root: &Path) -> Result<GuestImage, String> {
     let l2 = guest::build(
         root,
         &ImageSpec {
-            name: "vmm-l2",
+            name: &format!("{prefix}-l2"),
             modules: L2_MODULES,
             files: tools.clone(),
             init: read_script(root, "l2-init.sh")?,
@@ -225,12 +225,21 @@ fn build_images(root: &Path) -> Result<GuestImage, String> {
     guest::build(
         root,
         &ImageSpec {
-            name: "vmm-l1",
+            name: &format!("{prefix}-l1"),
             modules: L1_MODULES,
             files,
             init: read_script(root, "l1-init.sh")?,
         },
     )
+}
+
+/// What one L1 boot reported.
+#[derive(Debug)]
+struct L1Run {
+    /// The `PASS vmm` / `FAIL vmm` / `BENCH vmm` lines.
+    results: Vec<String>,
+    /// Why L1 ended before `VMM-L1-DONE` (crash, timeout), with the end of its console; `None` if it finished.
+    died: Option<String>,
 }
 
 /// Boots L1 with `cells` (`VMM:TRANSPORT:RING`), relays its result lines (and, for failures, the L2 console dumps)
@@ -240,7 +249,7 @@ fn boot_l1(
     mode: Mode,
     cells: &[String],
     log_path: &Path,
-) -> Result<Vec<String>, String> {
+) -> Result<L1Run, String> {
     // `VMM_L2_LOG=loglevel=7` (say) replaces the L2 kernel's `quiet` when a cell needs debugging.
     let l2_log = std::env::var("VMM_L2_LOG").unwrap_or_else(|_| "quiet".into());
     // `VMM_WINDOW=N`: net-check's window of unanswered datagrams (default 64).
@@ -312,12 +321,17 @@ fn boot_l1(
     let mut results = Vec::new();
     let mut in_dump = false;
     let mut done = false;
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 let _ = writeln!(log, "{line}");
+                if tail.len() >= 30 {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
                 if in_dump {
                     println!("    {line}");
                     in_dump = !line.starts_with("--- end L2 console");
@@ -344,12 +358,10 @@ fn boot_l1(
                 if Instant::now() >= deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!(
-                        "L1 timed out after {limit:?} with {} of {} cells reported (console: {})",
-                        results.len(),
-                        cells.len(),
-                        log_path.display()
-                    ));
+                    return Ok(L1Run {
+                        results,
+                        died: Some(format!("L1 timed out after {limit:?}")),
+                    });
                 }
             }
         }
@@ -360,15 +372,71 @@ fn boot_l1(
         start.elapsed().as_secs_f64(),
         log_path.display()
     );
-    if !done {
-        return Err(format!(
-            "L1 stopped before finishing ({} of {} cells reported); its console is in {}",
-            results.len(),
-            cells.len(),
-            log_path.display()
-        ));
+    let died = (!done).then(|| {
+        let lines: Vec<String> = tail.into_iter().collect();
+        format!(
+            "L1 ended ({status:?}) before finishing; end of its console ({}):\n{}",
+            log_path.display(),
+            lines.join("\n")
+        )
+    });
+    Ok(L1Run { results, died })
+}
+
+/// Whether result `line` is about plan entry `cell` (`VMM:TRANSPORT:RING`).
+fn reports(line: &str, cell: &str) -> bool {
+    let mut it = cell.split(':');
+    let (Some(v), Some(t), Some(r)) = (it.next(), it.next(), it.next()) else {
+        return false;
+    };
+    field(line, "vmm") == Some(v)
+        && field(line, "transport") == Some(t)
+        && field(line, "ring") == Some(r)
+}
+
+/// Runs `plan` in as few L1 boots as possible: when L1 dies (a crash of the L1 kernel, a timeout), the cell it was
+/// running fails with that reason and the cells after it run in a fresh L1. Returns every result line.
+fn run_cells(
+    image: &GuestImage,
+    mode: Mode,
+    plan: &[String],
+    log_stem: &Path,
+) -> Result<Vec<String>, String> {
+    let mut pending: Vec<String> = plan.to_vec();
+    let mut all = Vec::new();
+    let mut boot = 0;
+    while !pending.is_empty() {
+        boot += 1;
+        let stem = log_stem
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("vmm-l1");
+        let log_path = log_stem.with_file_name(format!("{stem}-{boot}.log"));
+        let run = boot_l1(image, mode, &pending, &log_path)?;
+        all.extend(run.results.iter().cloned());
+        let Some(why) = run.died else {
+            break;
+        };
+        let left: Vec<String> = pending
+            .iter()
+            .filter(|c| !run.results.iter().any(|l| reports(l, c)))
+            .cloned()
+            .collect();
+        let Some((dead, rest)) = left.split_first() else {
+            break;
+        };
+        let mut it = dead.split(':');
+        let (v, t, r) = (
+            it.next().unwrap_or("?"),
+            it.next().unwrap_or("?"),
+            it.next().unwrap_or("?"),
+        );
+        let line = format!("FAIL vmm transport={t} ring={r} vmm={v} L1 died during this cell");
+        println!("{line}\n    {}", why.replace('\n', "\n    "));
+        all.push(line);
+        pending = rest.to_vec();
     }
-    Ok(results)
+    Ok(all)
 }
 
 /// Parses `--vmm mini|qemu` and cell filters (`TRANSPORT` or `TRANSPORT/RING`).
@@ -408,7 +476,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     }
     let start = Instant::now();
     ensure_tools()?;
-    let image = build_images(root)?;
+    let image = build_images(root, "vmm")?;
     println!(
         "vmm: images built in {:.1} s",
         start.elapsed().as_secs_f64()
@@ -417,12 +485,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         .iter()
         .map(|(t, r)| format!("{vmm}:{t}:{r}"))
         .collect();
-    let results = boot_l1(
-        &image,
-        Mode::E2e,
-        &plan,
-        &root.join("target/e2e/vmm-l1.log"),
-    )?;
+    let results = run_cells(&image, Mode::E2e, &plan, &root.join("target/e2e/vmm-l1"))?;
     let mut failed = Vec::new();
     for (t, r) in &cells {
         let pass = format!("PASS vmm transport={t} ring={r} ");
@@ -455,16 +518,16 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         return Err(format!("bench vmm takes no arguments (got `{a}`)"));
     }
     ensure_tools()?;
-    let image = build_images(root)?;
+    let image = build_images(root, "vmm-bench")?;
     let plan: Vec<String> = BENCH_CELLS
         .iter()
         .map(|(v, t, r)| format!("{v}:{t}:{r}"))
         .collect();
-    let results = boot_l1(
+    let results = run_cells(
         &image,
         Mode::Bench,
         &plan,
-        &root.join("target/e2e/vmm-bench-l1.log"),
+        &root.join("target/e2e/vmm-bench-l1"),
     )?;
     let mut report = Report::new("vmm");
     let mut missing = Vec::new();

@@ -35,7 +35,7 @@ ping_l1() {
 echo 4194304 > /proc/sys/net/core/rmem_default; echo 4194304 > /proc/sys/net/core/rmem_max
 WINDOW=$(arg vmm_window); [ -n "$WINDOW" ] || WINDOW=64
 stream() { # COUNT SIZE
-  net-check stream --to $L1:$PORT --count $1 --size $2 --window $WINDOW --timeout-s 240
+  net-check stream --to $L1:$PORT --count $1 --size $2 --window $WINDOW --timeout-s 600
 }
 
 insmod /lib/modules/virtio_net.ko || fail "insmod-virtio_net"
