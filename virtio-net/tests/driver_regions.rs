@@ -25,11 +25,13 @@ use virtio_net::NetError;
 use virtio_pci::{Interface, PciVariant};
 
 type Driver = NetDriver<MmioTransport<Recording>, Mem>;
+/// Register writes: (offset, value).
+type WriteLog = Rc<RefCell<Vec<(u64, u32)>>>;
 
 /// The shared device's registers, recording the driver's writes (queue addresses are write-only registers).
 struct Recording {
     device: MmioShared,
-    writes: Rc<RefCell<Vec<(u64, u32)>>>,
+    writes: WriteLog,
 }
 
 impl MmioRegisters for Recording {
@@ -58,11 +60,7 @@ impl MmioRegisters for Recording {
 fn rig_logged(
     regions: &[DmaRegion],
     config: NetDriverConfig,
-) -> (
-    MmioShared,
-    Result<Driver, NetError>,
-    Rc<RefCell<Vec<(u64, u32)>>>,
-) {
+) -> (MmioShared, Result<Driver, NetError>, WriteLog) {
     let memory = memory();
     let line = Arc::new(Line::default());
     let net: MmioNet = NetDeviceBuilder::new()

@@ -14,10 +14,16 @@
 //! queue it was last sent from). Each cell prints
 //! `PASS vfio device=.. ring=.. queues=.. features=0x..` or `FAIL ...`.
 //!
-//! **bench.** One boot with one modern device (`iommu_platform=on`), its TX sent by QEMU to a UDP sink on the host:
-//! `vfio-net --mode pktgen` then DPDK `dpdk-testpmd --forward-mode=txonly` (`--no-huge`, IOVA as VA, the Debian
-//! `dpdk` libraries and the virtio PMD copied into the guest), both with 64-byte frames, recorded in
-//! `target/bench/vfio.json` as `impl: "ours"` and `impl: "dpdk"` (Mpps).
+//! **bench.** One boot with one modern device (`iommu_platform=on`), its TX sent by QEMU to a UDP sink on the host.
+//! [`ROUNDS`] rounds, alternating the order: `vfio-net --mode pktgen` and DPDK `dpdk-testpmd --forward-mode=txonly`
+//! (`--no-huge`, IOVA as VA, interactive with two `show port stats all` [`BENCH_SECS`] apart, as in the DPDK recipe;
+//! the Debian `dpdk` libraries and the virtio PMD copied into the guest), both with 64-byte frames in bursts of 32.
+//! The primary record (`tx-64B-split-1q-txonly-wire`) is what reached the host sink per second during each run
+//! (seconds carrying at least half of the run's busiest second), the same measure for both; the second
+//! (`...-self-reported`) is each generator's own figure. Under TCG on a shared 2-core host both vary by tens of
+//! percent between rounds (testpmd's command line sometimes answers the two stats requests late and close together,
+//! so its own Tx-pps then covers a short interval). Written to `target/bench/vfio.json` as `impl: "ours"` and
+//! `impl: "dpdk"` (Mpps).
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
