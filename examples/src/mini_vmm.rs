@@ -484,6 +484,11 @@ mod boot {
             &opts.cmdline,
         )
         .map_err(|e| format!("loading {:?}: {e}", opts.kernel))?;
+        // Linux on a hardware-reduced ACPI machine without EFI reboots (e.g. after a panic with panic=-1) by
+        // jumping to the reset vector: make that a reset.
+        if let Err(e) = vm.install_reset_vector() {
+            eprintln!("mini-vmm: warning: {e}; a guest reboot through the reset vector will hang");
+        }
         vmm_glue::boot::mask_legacy_pic(vm.vm_fd()).map_err(|e| format!("PIC: {e}"))?;
         for (index, vcpu) in (0u8..).zip(vm.vcpus()) {
             vmm_glue::boot::configure_vcpu(vm.kvm(), vcpu, index, vcpus, &info)

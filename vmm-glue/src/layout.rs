@@ -82,6 +82,12 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 /// The i8042 "pulse reset line" command.
 pub const I8042_RESET: u8 = 0xfe;
 
+/// The x86 reset vector (`F000:FFF0`). There is no firmware, so a guest that "reboots through the BIOS" (Linux does
+/// on a hardware-reduced ACPI machine without EFI: its reboot type becomes EFI, then BIOS, and it jumps here in real
+/// mode) finds [`Vm::install_reset_vector`](crate::Vm::install_reset_vector)'s stub, which resets through the
+/// i8042.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+
 /// Exit port, compatible with QEMU's `isa-debug-exit` (`iobase=0xf4`): a write of `v` ends the VM with
 /// `ExitReason::ExitPort(v)`; mini-vmm then exits with status `(v << 1) | 1`.
 pub const EXIT_PORT: u16 = 0xf4;

@@ -296,6 +296,32 @@ impl Vm {
         &self.control
     }
 
+    /// Writes a real-mode stub at [`layout::RESET_VECTOR`] that resets the machine through the i8042 (`mov al, 0xfe;
+    /// out 0x64, al; hlt`): a guest jumping to the reset vector (Linux's last-resort "BIOS" reboot) then ends the VM
+    /// with [`ExitReason::Reset`] instead of running zeros. Call after the ACPI tables are written; fails, writing
+    /// nothing, if the 16 bytes there are not zero (something else lives there).
+    pub fn install_reset_vector(&self) -> Result<(), Error> {
+        use vm_memory::Bytes;
+        #[rustfmt::skip]
+        const STUB: [u8; 7] = [
+            0xb0, layout::I8042_RESET,                 // mov al, 0xfe
+            0xe6, 0x64,                                // out 0x64, al (layout::I8042_COMMAND_PORT)
+            0xf4,                                      // hlt
+            0xeb, 0xfd,                                // jmp hlt
+        ];
+        let at = GuestAddress(layout::RESET_VECTOR);
+        let mut current = [0u8; 16];
+        self.memory.read_slice(&mut current, at)?;
+        if current.iter().any(|b| *b != 0) {
+            return Err(Error::Config(format!(
+                "reset vector {:#x} is not free",
+                layout::RESET_VECTOR
+            )));
+        }
+        self.memory.write_slice(&STUB, at)?;
+        Ok(())
+    }
+
     /// Adds the COM1 8250 UART ([`layout::SERIAL_PORT`], GSI [`layout::SERIAL_GSI`] through an irqfd), writing the
     /// guest's output to `out`.
     pub fn add_serial(&mut self, out: Box<dyn Write + Send>) -> Result<(), Error> {

@@ -356,3 +356,30 @@ fn msi_vector_programs_its_route_on_first_signal_and_follows_reprogramming() {
     });
     assert!(!irr_has(&vm, 0x50));
 }
+
+#[test]
+fn jump_to_reset_vector_resets_through_the_stub() {
+    if !kvm_available() {
+        return;
+    }
+    // What Linux's last-resort reboot does: real mode, far jump to F000:FFF0.
+    #[rustfmt::skip]
+    let code = [
+        0xea, 0xf0, 0xff, 0x00, 0xf0, // jmp 0xf000:0xfff0
+    ];
+    let vm = Vm::new(VmConfig::new(2 << 20)).unwrap();
+    vm.memory().write_slice(&code, GuestAddress(CODE)).unwrap();
+    let vcpu = &vm.vcpus()[0];
+    let mut sregs = vcpu.get_sregs().unwrap();
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.get_regs().unwrap();
+    regs.rip = CODE;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).unwrap();
+    vm.install_reset_vector().unwrap();
+    // A second install finds the area in use.
+    assert!(vm.install_reset_vector().is_err());
+    assert_eq!(run(vm), ExitReason::Reset);
+}
