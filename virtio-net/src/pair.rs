@@ -6,7 +6,7 @@
 //! never allocates; [`NetBackend::send_slices`] copies straight from the driver's buffers into the slot.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::vec::Vec;
 
 use virtio_core::{DeviceAddr, DeviceSlice, HeapMemory};
@@ -19,44 +19,77 @@ use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
 #[repr(align(64))]
 struct Padded(AtomicUsize);
 
+/// Bytes of each slot kept in the ring's always-present area: frames up to this long (with their header) never
+/// touch the big area.
+const SMALL_SLOT: usize = 2048;
+
+/// Allocates `bytes` of zeroed memory for slots (aborting like `Vec` does if the allocation fails).
+fn slot_memory(bytes: usize) -> HeapMemory {
+    let bytes = bytes.max(1);
+    HeapMemory::new(DeviceAddr::new(0), bytes).unwrap_or_else(|| {
+        std::alloc::handle_alloc_error(
+            std::alloc::Layout::from_size_align(bytes, 4096)
+                .unwrap_or(std::alloc::Layout::new::<u8>()),
+        )
+    })
+}
+
 /// A bounded SPSC FIFO of frames in fixed slots. `tail` and `head` count frames pushed and popped (wrapping).
+///
+/// A frame up to [`SMALL_SLOT`] bytes lives in its slot's part of `small`; a longer one in its slot's part of
+/// `big`, allocated on the first long frame (the allocator zeroes page-aligned memory by writing it, so sizing
+/// every ring for 64 KiB frames up front would touch 16 MiB per direction).
 #[derive(Debug)]
 struct Ring {
     /// Frames pushed; written (release) only by the producer.
     tail: Padded,
     /// Frames popped; written (release) only by the consumer.
     head: Padded,
-    /// `slots` slots of `slot_len` bytes, slot `i` at device address `i * slot_len`.
-    data: HeapMemory,
+    /// `slots` slots of `small_len` bytes, slot `i` at device address `i * small_len`.
+    small: HeapMemory,
+    /// `slots` slots of `slot_len` bytes, slot `i` at `i * slot_len`; set by the producer before it publishes
+    /// the first frame stored there.
+    big: OnceLock<HeapMemory>,
     /// Length of the frame in each slot; written by the producer before it publishes `tail`.
     lens: Vec<AtomicU32>,
+    small_len: usize,
     slot_len: usize,
     slots: usize,
 }
 
 impl Ring {
     fn new(slots: usize, slot_len: usize) -> Self {
-        let bytes = slots.saturating_mul(slot_len).max(1);
-        let data = HeapMemory::new(DeviceAddr::new(0), bytes).unwrap_or_else(|| {
-            std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(bytes, 4096)
-                    .unwrap_or(std::alloc::Layout::new::<u8>()),
-            )
-        });
+        let small_len = slot_len.min(SMALL_SLOT);
         Self {
             tail: Padded::default(),
             head: Padded::default(),
-            data,
+            small: slot_memory(slots.saturating_mul(small_len)),
+            big: OnceLock::new(),
             lens: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            small_len,
             slot_len,
             slots,
         }
     }
 
-    /// `len` bytes of slot `index`.
+    /// `len` bytes of slot `index`, for reading a published frame.
     fn slot(&self, index: usize, len: usize) -> Option<DeviceSlice<'_>> {
-        let start = u64::try_from(index.checked_mul(self.slot_len)?).ok()?;
-        DeviceSlice::new(&self.data, DeviceAddr::new(start), len)
+        let (memory, stride) = if len <= self.small_len {
+            (&self.small, self.small_len)
+        } else {
+            (self.big.get()?, self.slot_len)
+        };
+        let start = u64::try_from(index.checked_mul(stride)?).ok()?;
+        DeviceSlice::new(memory, DeviceAddr::new(start), len)
+    }
+
+    /// `len` bytes of slot `index`, for the producer to fill (allocating the big area on first need).
+    fn slot_mut(&self, index: usize, len: usize) -> Option<DeviceSlice<'_>> {
+        if len > self.small_len {
+            self.big
+                .get_or_init(|| slot_memory(self.slots.saturating_mul(self.slot_len)));
+        }
+        self.slot(index, len)
     }
 
     fn pending(&self) -> usize {
@@ -117,7 +150,7 @@ impl Producer {
         let Some(index) = self.reserve(ring) else {
             return Ok(SendStatus::WouldBlock);
         };
-        let dst = ring.slot(index, len).ok_or(BackendError::Unsupported)?;
+        let dst = ring.slot_mut(index, len).ok_or(BackendError::Unsupported)?;
         let mut at = 0;
         for piece in frame {
             at += dst.write_at(at, piece);
@@ -147,7 +180,7 @@ impl Producer {
         let Some(index) = self.reserve(ring) else {
             return Ok(SendStatus::WouldBlock);
         };
-        let dst = ring.slot(index, len).ok_or(BackendError::Unsupported)?;
+        let dst = ring.slot_mut(index, len).ok_or(BackendError::Unsupported)?;
         let mut at = dst.write_at(0, header);
         for piece in frame {
             at += dst.copy_from(at, piece);
@@ -463,7 +496,7 @@ mod tests {
                 let bytes = i.to_le_bytes();
                 match a.send(0, &[&bytes, &bytes]).unwrap() {
                     SendStatus::Sent => i += 1,
-                    SendStatus::WouldBlock => std::hint::spin_loop(),
+                    SendStatus::WouldBlock => std::thread::yield_now(),
                 }
             }
         });
@@ -477,9 +510,24 @@ mod tests {
                     assert_eq!(buf[4..], expect.to_le_bytes());
                     expect += 1;
                 }
-                None => std::hint::spin_loop(),
+                None => std::thread::yield_now(),
             }
         }
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn pair_carries_small_and_big_frames_interleaved() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(3).vnet_header_len(0));
+        let sizes = [60usize, 3000, crate::MAX_FRAME_LEN, 2048, 2049, 1];
+        let mut buf = std::vec![0u8; crate::MAX_FRAME_LEN];
+        for (i, &len) in sizes.iter().cycle().take(20).enumerate() {
+            let frame: Vec<u8> = (0..len)
+                .map(|j| u8::try_from((i + j) % 256).unwrap())
+                .collect();
+            assert_eq!(a.send(0, &[&frame]).unwrap(), SendStatus::Sent);
+            assert_eq!(b.recv(0, &mut buf).unwrap(), Some(len));
+            assert_eq!(buf.get(..len), Some(&frame[..]));
+        }
     }
 }
