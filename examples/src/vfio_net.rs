@@ -3,6 +3,7 @@
 //! ```text
 //! vfio-net --device <BDF> --mode <pktgen|echo|responder> [--ip A.B.C.D] [--count N] [--size BYTES] [--queues N]
 //!          [--packed] [--legacy] [--queue-size N] [--duration-s S] [--dst-mac MAC] [--dst-ip A.B.C.D] [--burst N]
+//!          [--full-backoff-us US]
 //! ```
 //!
 //! - The function is opened through `vfio-ioctls` ([`VfioAccess`]); [`PciTransport`] sets Bus Master Enable and
@@ -81,11 +82,12 @@ struct Args {
     dst_mac: [u8; 6],
     dst_ip: Ipv4Addr,
     burst: usize,
+    full_backoff_us: u64,
 }
 
 const USAGE: &str = "usage: vfio-net --device BDF --mode pktgen|echo|responder [--ip A.B.C.D] [--count N] \
 [--size BYTES] [--queues N] [--packed] [--legacy] [--queue-size N] [--duration-s S] [--dst-mac MAC] \
-[--dst-ip A.B.C.D] [--burst N]";
+[--dst-ip A.B.C.D] [--burst N] [--full-backoff-us US]";
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let mut mac = [0u8; 6];
@@ -114,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
         dst_mac: [0xff; 6],
         dst_ip: Ipv4Addr::new(10, 0, 0, 1),
         burst: 32,
+        full_backoff_us: 0,
     };
     let mut device = None;
     let mut mode = None;
@@ -142,6 +145,7 @@ fn parse_args() -> Result<Args, String> {
                 a.queue_size = u16::try_from(num(value()?)?).map_err(|_| "bad --queue-size")?
             }
             "--burst" => a.burst = usize::try_from(num(value()?)?).map_err(|_| "bad --burst")?,
+            "--full-backoff-us" => a.full_backoff_us = num(value()?)?,
             "--duration-s" => a.duration = Some(Duration::from_secs(num(value()?)?)),
             "--packed" => a.packed = true,
             "--legacy" => a.legacy = true,
@@ -529,6 +533,11 @@ fn pktgen<M: RingMemory>(args: &Args, d: &mut Driver<'_, M>, s: &Setup) -> Resul
         sent += n as u64;
         if n < want {
             full += 1;
+            if n == 0 && args.full_backoff_us > 0 {
+                // The device is the bottleneck: let the CPU go to it for a moment (a VM's device thread shares
+                // the host's cores with our vCPU) instead of spinning on a full ring.
+                std::thread::sleep(Duration::from_micros(args.full_backoff_us));
+            }
         }
         if deadline.is_some_and(|t| Instant::now() > t) {
             break;

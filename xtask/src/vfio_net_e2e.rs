@@ -365,7 +365,7 @@ fn run_qemu(
     Ok((log, false))
 }
 
-fn qemu_base(image: &guest::GuestImage, memory: &str) -> Command {
+fn qemu_base(image: &guest::GuestImage, memory: &str, append: &str) -> Command {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
         "-machine",
@@ -383,7 +383,7 @@ fn qemu_base(image: &guest::GuestImage, memory: &str) -> Command {
         "-nic",
         "none",
         "-append",
-        "console=ttyS0 intel_iommu=on panic=-1 quiet",
+        &format!("console=ttyS0 intel_iommu=on panic=-1 quiet {append}"),
     ])
     .arg("-kernel")
     .arg(&image.kernel)
@@ -419,7 +419,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let ns = NetNs::create()?;
     let mut qemu = Command::new("ip");
     qemu.args(["netns", "exec", &ns.name]);
-    let base = qemu_base(&image, "1024");
+    let base = qemu_base(&image, "1024", "");
     qemu.arg(base.get_program());
     qemu.args(base.get_args());
     for (i, d) in DUTS.iter().enumerate() {
@@ -571,12 +571,13 @@ fn bench_init(bdf_: &str) -> String {
     }
     s.push_str(INIT_FUNCS);
     s.push_str(&format!(
-        r#"mkdir -p /var/run /run /tmp /lib64
+        r#"VFIO_NET_BENCH_ARGS=$(sed -n 's/.*bench_args=\([^ ]*\).*/\1/p' /proc/cmdline | tr ',' ' ')
+mkdir -p /var/run /run /tmp /lib64
 for p in {plugins}; do ln -sf $p.so.{DPDK_ABI} {DPDK_PMD_DIR}/$p.so; done
 bind_vfio {bdf_}
 ours() {{
 echo "=== bench ours round $1"
-/bin/vfio-net --device {bdf_} --mode pktgen --size 64 --count 4000000000 --duration-s {BENCH_SECS} --burst 32
+/bin/vfio-net --device {bdf_} --mode pktgen --size 64 --count 4000000000 --duration-s {BENCH_SECS} --burst 32 $VFIO_NET_BENCH_ARGS
 }}
 # testpmd as in the DPDK recipe: interactive, forwarding from the start; the second `show port stats all` prints
 # Tx-pps averaged over the {BENCH_SECS} s since the first. $2: the EAL core options.
@@ -693,7 +694,13 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     let sink = spawn_sink(stop.clone(), counts.clone())?;
     // (impl, start, end) of each generator run, as offsets of the sink's clock (from the console lines).
     let mut phases: Vec<(&'static str, Duration, Option<Duration>)> = Vec::new();
-    let mut qemu = qemu_base(&image, "1536");
+    // Extra `vfio-net` arguments for the pktgen runs (e.g. `--full-backoff-us 20`), from the environment.
+    let extra = std::env::var("VFIO_NET_BENCH_ARGS").unwrap_or_default();
+    let mut qemu = qemu_base(
+        &image,
+        "1536",
+        &format!("bench_args={}", extra.trim().replace(' ', ",")),
+    );
     qemu.args([
         "-netdev",
         &format!("socket,id=b0,udp={SINK},localaddr={SINK_QEMU}"),
