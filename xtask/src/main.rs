@@ -28,13 +28,15 @@ usage: cargo xtask <command>
 commands:
   ci [STEP...]             run the CI suite (all steps, or only the named ones);
                            `cargo xtask ci --list` lists the steps
-  bench NAME [-- ARGS...]  run `cargo bench -p virtio-sdk-tests --bench NAME`, then
-                           print the table from target/bench/NAME.json
+  bench NAME [-- ARGS...]  run `cargo bench -p virtio-sdk-tests --bench NAME` (ring,
+                           net), then print the table from target/bench/NAME.json;
+                           `bench vfio` and `bench vmm` boot guests (see e2e --list)
   e2e SUITE [CELL...]      run an end-to-end suite (`cargo xtask e2e --list`);
                            `e2e vfio-smoke`: our PciTransport over VfioAccess drives
                            QEMU's virtio-net-pci from a TCG guest (intel-iommu,
                            vfio-pci), frames echoed by a UDP peer; cells split,
-                           split+event_idx, packed, packed+event_idx
+                           split+event_idx, packed, packed+event_idx; `e2e vfio`,
+                           `e2e vmm`, `e2e guest`: see `cargo xtask e2e --list`
   guest-image              fetch the Debian kernel + busybox-static (apt-get download,
                            cached in target/guest/cache) and build target/guest/base/
                            {vmlinuz,initrd.gz} with the VFIO modules
