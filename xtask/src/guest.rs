@@ -7,8 +7,11 @@
 //! (test binaries). The kernel is copied beside it as `vmlinuz`.
 
 use std::fs;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::cmd;
 
@@ -268,4 +271,67 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     println!("kernel: {}", image.kernel.display());
     println!("initrd: {}", image.initrd.display());
     Ok(())
+}
+
+/// Runs a VM (QEMU, the command given) until it exits or `timeout`; calls `on_line` for every console line. Returns the
+/// console log and whether it timed out.
+pub(crate) fn run_console(
+    mut qemu: Command,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<(String, bool), String> {
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    println!("$ {}", cmd::show(&qemu));
+    let mut child = qemu
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", qemu.get_program().to_string_lossy()))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout;
+    let mut log = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                on_line(&line);
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok((log, true));
+                }
+            }
+        }
+    }
+    let _ = child.wait();
+    Ok((log, false))
 }

@@ -10,12 +10,11 @@
 //!    and powers off. The cell passes when the console shows `PASS vfio ...`; a `FAIL` line, a panic, QEMU exiting
 //!    without a result, or [`TIMEOUT`] fail it (the console log is printed then).
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{self, cargo};
@@ -147,78 +146,32 @@ fn boot(
     .arg("-kernel")
     .arg(&image.kernel)
     .arg("-initrd")
-    .arg(&image.initrd)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    println!("$ {}", cmd::show(&qemu));
-    let mut child = match qemu.spawn() {
-        Ok(c) => c,
-        Err(e) => return (Err(format!("cannot start qemu: {e}")), String::new()),
-    };
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + TIMEOUT;
-    let mut log = String::new();
+    .arg(&image.initrd);
     let mut result: Option<Result<String, String>> = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r').to_owned();
-                log.push_str(&line);
-                log.push('\n');
-                if result.is_none() {
-                    if let Some(at) = line.find("PASS vfio") {
-                        result = Some(Ok(line[at..].to_owned()));
-                    } else if let Some(at) = line.find("FAIL vfio") {
-                        result = Some(Err(line[at..].to_owned()));
-                    } else if line.contains("Kernel panic") {
-                        result = Some(Err(format!("guest panic: {line}")));
-                    }
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break, // QEMU closed its output: it exited
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return (
-                        Err(result
-                            .map(|r| format!("timeout after {TIMEOUT:?} (had {r:?})"))
-                            .unwrap_or_else(|| format!("timeout after {TIMEOUT:?}"))),
-                        log,
-                    );
-                }
+    let run = guest::run_console(qemu, TIMEOUT, |line| {
+        if result.is_none() {
+            if let Some(at) = line.find("PASS vfio") {
+                result = Some(Ok(line[at..].to_owned()));
+            } else if let Some(at) = line.find("FAIL vfio") {
+                result = Some(Err(line[at..].to_owned()));
+            } else if line.contains("Kernel panic") {
+                result = Some(Err(format!("guest panic: {line}")));
             }
         }
+    });
+    match run {
+        Err(e) => (Err(e), String::new()),
+        Ok((log, true)) => (
+            Err(result
+                .map(|r| format!("timeout after {TIMEOUT:?} (had {r:?})"))
+                .unwrap_or_else(|| format!("timeout after {TIMEOUT:?}"))),
+            log,
+        ),
+        Ok((log, false)) => (
+            result.unwrap_or_else(|| Err("qemu exited without a result line".into())),
+            log,
+        ),
     }
-    let status = child.wait();
-    let result =
-        result.unwrap_or_else(|| Err(format!("qemu exited ({status:?}) without a result line")));
-    (result, log)
 }
 
 /// Runs the suite.

@@ -25,12 +25,11 @@
 //! so its own Tx-pps then covers a short interval). Written to `target/bench/vfio.json` as `impl: "ours"` and
 //! `impl: "dpdk"` (Mpps).
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{self, cargo};
@@ -302,69 +301,6 @@ fn ensure_ip() -> Result<(), String> {
     )
 }
 
-/// Runs QEMU (the command given) until it exits or `timeout`; calls `on_line` for every console line. Returns the
-/// console log and whether it timed out.
-fn run_qemu(
-    mut qemu: Command,
-    timeout: Duration,
-    mut on_line: impl FnMut(&str),
-) -> Result<(String, bool), String> {
-    qemu.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    println!("$ {}", cmd::show(&qemu));
-    let mut child = qemu
-        .spawn()
-        .map_err(|e| format!("cannot start qemu: {e}"))?;
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let deadline = Instant::now() + timeout;
-    let mut log = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(Duration::from_secs(1))) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r').to_owned();
-                on_line(&line);
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Ok((log, true));
-                }
-            }
-        }
-    }
-    let _ = child.wait();
-    Ok((log, false))
-}
-
 fn qemu_base(image: &guest::GuestImage, memory: &str, append: &str) -> Command {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -442,7 +378,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     }
     let start = Instant::now();
     let mut results: Vec<String> = Vec::new();
-    let (log, timed_out) = run_qemu(qemu, TIMEOUT, |line| {
+    let (log, timed_out) = guest::run_console(qemu, TIMEOUT, |line| {
         if line.contains("=== cell") || line.contains("net-check:") || line.contains("vfio-net:") {
             println!("  guest: {line}");
         }
@@ -716,7 +652,7 @@ pub(crate) fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     // TX-packets of each `show port stats all` of each DPDK round.
     let mut dpdk_packets: Vec<Vec<f64>> = Vec::new();
     let mut in_dpdk = false;
-    let (log, timed_out) = run_qemu(qemu, Duration::from_secs(900), |line| {
+    let (log, timed_out) = guest::run_console(qemu, Duration::from_secs(900), |line| {
         let now = counts.start.elapsed();
         if line.contains("=== bench") || line.contains("vfio-net bench: guest done") {
             if let Some(last) = phases.last_mut() {
