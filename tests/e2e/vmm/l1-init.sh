@@ -20,8 +20,10 @@ else
   net-check echo --bind 0.0.0.0:7777 > /tmp/echo.log 2>&1 &
 fi
 now() { cut -d' ' -f1 /proc/uptime; }
+NOOFF=csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,host_ecn=off,host_ufo=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off
 
-run_qemu() { # T R CMDLINE
+# QEMU as the L2 VMM (the reference); $4: extra virtio-net properties.
+run_qemu() { # T R CMDLINE [PROPS]
   G=
   case $1 in
     mmio-legacy) M=microvm,rtc=off; DEV=virtio-net-device; G="-global virtio-mmio.force-legacy=on" ;;
@@ -32,6 +34,7 @@ run_qemu() { # T R CMDLINE
     *) echo "unknown transport $1"; return 2 ;;
   esac
   [ "$2" = packed ] && DEV=$DEV,packed=on
+  [ -n "$4" ] && DEV=$DEV,$4
   exec qemu-system-x86_64 -M $M -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config \
     -display none -serial stdio -no-reboot -kernel /l2/vmlinuz -initrd /l2/initrd.gz -append "$3" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device $DEV,netdev=n0 $G
@@ -45,6 +48,9 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
   T0=$(now)
   if [ $V = qemu ]; then
     ( run_qemu $T $R "$CMD" ) < /dev/null > $LOG 2>&1 &
+  elif [ $V = qemu-nooff ]; then
+    # QEMU without checksum/segmentation offloads: the feature set mini-vmm offers today.
+    ( run_qemu $T $R "$CMD" $NOOFF ) < /dev/null > $LOG 2>&1 &
   else
     mini-vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --cmdline "$CMD" --mem 256 --cpus 1 \
       --net tap=tap0,transport=$T,ring=$R --console $LOG < /dev/null > $LOG.vmm 2>&1 &
