@@ -43,6 +43,7 @@ OPTIONS:
                          ring=split|packed           (default split; packed only on modern transports)
                          mq=N                        queue pairs (default 1; N > 1 adds a control queue)
                          mrg=on|off                  offer VIRTIO_NET_F_MRG_RXBUF (default on)
+                         offload=on|off              offer checksum and TSO offloads both ways (default off)
                          mac=xx:xx:xx:xx:xx:xx       (default 52:54:00:12:34:5N for the N-th device)
     -h, --help         this text
 
@@ -80,6 +81,7 @@ struct NetSpec {
     packed: bool,
     pairs: u16,
     mrg: bool,
+    offload: bool,
     mac: Option<[u8; 6]>,
 }
 
@@ -126,6 +128,7 @@ fn parse_net(spec: &str) -> Result<NetSpec, String> {
         packed: false,
         pairs: 1,
         mrg: true,
+        offload: false,
         mac: None,
     };
     for item in items {
@@ -162,6 +165,13 @@ fn parse_net(spec: &str) -> Result<NetSpec, String> {
                     "on" => true,
                     "off" => false,
                     _ => return Err(format!("--net: mrg={value:?} (on, off)")),
+                }
+            }
+            "offload" => {
+                net.offload = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--net: offload={value:?} (on, off)")),
                 }
             }
             "mac" => net.mac = Some(parse_mac(value)?),
@@ -241,6 +251,20 @@ fn builder(net: &NetSpec, index: usize) -> virtio_net::device::NetDeviceBuilder 
     }
     if net.mrg {
         b = b.offer(feature::MRG_RXBUF);
+    }
+    if net.offload {
+        // Checksum and segmentation offloads both ways (dropped by the device model for a backend without
+        // virtio-net headers, e.g. libslirp).
+        b = b.offer(
+            feature::CSUM
+                | feature::GUEST_CSUM
+                | feature::HOST_TSO4
+                | feature::HOST_TSO6
+                | feature::HOST_ECN
+                | feature::GUEST_TSO4
+                | feature::GUEST_TSO6
+                | feature::GUEST_ECN,
+        );
     }
     if net.pairs > 1 {
         b = b.queue_pairs(net.pairs).ctrl(Features::empty());
