@@ -10,7 +10,14 @@
 //!    `--vmm qemu` runs), the L2 kernel and initramfs under `/l2/`, and `/init` from `tests/e2e/vmm/l1-init.sh`.
 //! 4. Boots L1 once; its `/init` runs every cell (named on its kernel command line) as a fresh L2 boot with a tap
 //!    `tap0` (10.0.0.1 in L1, 10.0.0.2 in L2), captures the L2 console to a file, and prints one result line per
-//!    cell on the L1 console, which this program relays.
+//!    cell on the L1 console, which this program relays (`PASS vmm transport=T ring=R ...` or
+//!    `FAIL vmm transport=T ring=R ... <reason>` followed by the L2 console). If L1 itself dies (kernel crash,
+//!    timeout), the cell it was running fails with the end of the L1 console and the remaining cells run in a fresh
+//!    L1. L1 consoles are kept in `target/e2e/vmm-l1-N.log`.
+//!
+//! Options: `--vmm qemu` runs the cells with QEMU 7.2 as the L2 VMM instead (microvm for mmio and pci, `pc` for
+//! pci-legacy/pci-transitional, which need an I/O BAR); `TRANSPORT` or `TRANSPORT/RING` arguments pick cells.
+//! Environment: `VMM_L2_LOG=loglevel=7` replaces the L2 kernel's `quiet`; `VMM_WINDOW=N` sets net-check's window.
 //!
 //! In each e2e cell the L2 `/init` checks: `virtio_net` probed on the expected transport (PCI device id, or a
 //! virtio-mmio platform device), the negotiated `VERSION_1` (bit 32) and `RING_PACKED` (bit 34) from
@@ -20,8 +27,9 @@
 //! power-off).
 //!
 //! The benchmark runs iperf3 TCP (5 s each way) through `mini-vmm` (pci, split and packed) and through QEMU's
-//! `virtio-net-pci` (userspace, `vhost=off`, tap) with the same L2 kernel, in one L1 boot, and records throughput
-//! and VMM-start-to-L2-init time in `target/bench/vmm.json`.
+//! `virtio-net-pci` (userspace, `vhost=off`, tap; `impl` `qemu`, and `qemu-no-offloads` with its checksum and
+//! segmentation offloads off) with the same L2 kernel, in one L1 boot, and records throughput and the time from
+//! starting the VMM to the L2 `/init` (polled by L1 every 50 ms) in `target/bench/vmm.json`.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write as _};
