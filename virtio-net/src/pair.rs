@@ -20,8 +20,9 @@ use crate::backend::{BackendError, NetBackend, Offloads, SendStatus};
 struct Padded(AtomicUsize);
 
 /// Bytes of each slot kept in the ring's always-present area: frames up to this long (with their header) never
-/// touch the big area.
-const SMALL_SLOT: usize = 2048;
+/// touch the big area. Not a power of two: slots 2 KiB apart would all start in the same few cache sets (with the
+/// driver's 2 KiB TX buffers in the same sets), evicting each other; one extra line per slot spreads them.
+const SMALL_SLOT: usize = 2048 + 64;
 
 /// Allocates `bytes` of zeroed memory for slots (aborting like `Vec` does if the allocation fails).
 fn slot_memory(bytes: usize) -> HeapMemory {
