@@ -27,7 +27,8 @@
 //! 2,000-datagram stream after. A cell passes only on `L2-RESULT PASS` and a VMM exit status of 0 (guest
 //! power-off).
 //!
-//! The benchmark runs iperf3 TCP (5 s each way) through `mini-vmm` (pci, split and packed) and through QEMU's
+//! The benchmark runs iperf3 TCP (5 s each way) through `mini-vmm` (pci, split and packed, `offload=on`) and
+//! through QEMU's
 //! `virtio-net-pci` (userspace, `vhost=off`, tap; `impl` `qemu`, and `qemu-no-offloads` with its checksum and
 //! segmentation offloads off) with the same L2 kernel, in one L1 boot, and records throughput and the time from
 //! starting the VMM to the L2 `/init` (polled by L1 every 50 ms) in `target/bench/vmm.json`.
