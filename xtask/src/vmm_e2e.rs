@@ -58,7 +58,8 @@ const CELLS: &[(&str, &str)] = &[
 ];
 
 /// The benchmark cells: VMM, transport, ring. `qemu-nooff` is QEMU with the checksum and segmentation offloads
-/// off (`csum=off,guest_csum=off,gso=off,host_tso4=off,...`), i.e. the feature set `mini-vmm` offers today.
+/// off (`csum=off,guest_csum=off,gso=off,host_tso4=off,...`), i.e. the feature set of `mini-vmm` without
+/// `offload=on`; the `mini` cells run with `offload=on`.
 const BENCH_CELLS: &[(&str, &str, &str)] = &[
     ("mini", "pci", "packed"),
     ("mini", "pci", "split"),
