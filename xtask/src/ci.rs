@@ -57,13 +57,27 @@ const STEPS: &[(&str, &str, StepFn)] = &[
 ];
 
 /// The end-to-end suites the full test command runs (each prints one PASS/FAIL line per cell).
-const E2E_SUITES: &[&str] = &["vfio-smoke", "vfio", "guest", "vmm"];
+///
+/// Not here yet: `vmm` (issue 5, nested Linux under mini-vmm). It passed 8/8 once but is not reliably green — L2
+/// triple faults and a hang mid-stream, an L1 kernel crash — and takes 15–22 minutes; it runs on its own with
+/// `cargo xtask e2e vmm` until those failures are understood.
+const E2E_SUITES: &[&str] = &["vfio-smoke", "vfio", "guest"];
 
 fn e2e(ctx: &Ctx) -> Result<(), String> {
-    for suite in E2E_SUITES {
-        crate::e2e::run(&ctx.root, &[(*suite).to_string()])?;
+    // Every suite runs even when an earlier one fails, so one run shows every failing cell.
+    let failed: Vec<String> = E2E_SUITES
+        .iter()
+        .filter_map(|suite| {
+            crate::e2e::run(&ctx.root, &[(*suite).to_string()])
+                .err()
+                .map(|e| format!("{suite}: {e}"))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("e2e suites failed: {}", failed.join("; ")))
     }
-    Ok(())
 }
 
 /// Clippy invocations (each followed by `-- -D warnings`). The per-crate lines check
