@@ -11,7 +11,7 @@
 //! | `nostd`   | builds and runs `nostd-proof/`, checks PASS, `nm -u` empty, static ELF; builds `examples/guest-kernel` (all four driver crates without std), same checks |
 //! | `package` | `cargo package --no-verify --allow-dirty` of the crates in [`PUBLISHABLE`] |
 //! | `fuzz`    | every `cargo +nightly fuzz list` target for `$FUZZ_SECONDS` s (default 20) |
-//! | `e2e`     | the end-to-end suites in [`E2E_SUITES`] (`cargo xtask e2e SUITE`): QEMU guests, real peers |
+//! | `e2e`     | the end-to-end suites in [`E2E_SUITES`] (`cargo xtask e2e SUITE`): QEMU guests, real peers; then the vmm-glue bzImage test (needs their Debian kernel) |
 //!
 //! A tool that is missing and cannot be installed fails the `install` step; nothing is
 //! skipped silently. The last line is `ci steps: N passed, M failed`.
@@ -72,6 +72,20 @@ fn e2e(ctx: &Ctx) -> Result<(), String> {
                 .err()
                 .map(|e| format!("{suite}: {e}"))
         })
+        .collect();
+    // The suites built the Debian guest kernel under target/guest/; the bzImage loader test needs it.
+    let bzimage = cmd::run(&mut cargo(&[
+        "test",
+        "-p",
+        "vmm-glue",
+        "--test",
+        "boot_acpi",
+        "--",
+        "--ignored",
+    ]));
+    let failed: Vec<String> = failed
+        .into_iter()
+        .chain(bzimage.err().map(|e| format!("vmm-glue bzImage test: {e}")))
         .collect();
     if failed.is_empty() {
         Ok(())
