@@ -456,6 +456,46 @@ impl RingRegion {
         )
     }
 
+    /// Writes the 16-byte descriptor at `offset` (split: addr, len, flags, next; packed: addr, len, id, flags)
+    /// relaxed, behind a single bounds check (the mirror of [`load_descriptor`](Self::load_descriptor)). Bytes 8..16
+    /// go in one 8-byte store; a peer reads them only after the publishing release store that follows.
+    #[inline(always)]
+    pub(crate) fn store_descriptor(
+        &self,
+        offset: usize,
+        addr: u64,
+        len: u32,
+        third: u16,
+        fourth: u16,
+    ) {
+        let base = self.word::<[u64; 2]>(offset).cast::<u64>();
+        let high_ptr = base.wrapping_add(1);
+        // SAFETY: `word` checked that the 16 bytes at `offset` are inside the region and 8-aligned: bytes 0..8.
+        let low = unsafe { AtomicU64::from_ptr(base) };
+        // SAFETY: bytes 8..16 of the same checked range, 8-aligned.
+        let high = unsafe { AtomicU64::from_ptr(high_ptr) };
+        let rest = u64::from(len) | u64::from(third) << 32 | u64::from(fourth) << 48;
+        low.store(addr.to_le(), Ordering::Relaxed);
+        high.store(rest.to_le(), Ordering::Relaxed);
+    }
+
+    /// Writes the first 14 bytes of the 16-byte descriptor at `offset` (addr, len, and the u16 at byte 12) relaxed,
+    /// behind a single bounds check; the u16 at byte 14 (packed flags) is left for the caller to publish.
+    #[inline(always)]
+    pub(crate) fn store_descriptor_body(&self, offset: usize, addr: u64, len: u32, third: u16) {
+        let base = self.word::<[u64; 2]>(offset).cast::<u8>();
+        let (len_ptr, third_ptr) = (base.wrapping_add(8), base.wrapping_add(12));
+        // SAFETY: bytes 0..8 of the checked descriptor, 8-aligned.
+        let a = unsafe { AtomicU64::from_ptr(base.cast()) };
+        // SAFETY: bytes 8..12 of the checked descriptor, 4-aligned.
+        let l = unsafe { AtomicU32::from_ptr(len_ptr.cast()) };
+        // SAFETY: bytes 12..14 of the checked descriptor, 2-aligned.
+        let t = unsafe { AtomicU16::from_ptr(third_ptr.cast()) };
+        a.store(addr.to_le(), Ordering::Relaxed);
+        l.store(len.to_le(), Ordering::Relaxed);
+        t.store(third.to_le(), Ordering::Relaxed);
+    }
+
     /// Writes two consecutive u32 (a split used element: id, len) relaxed, behind a single bounds check.
     #[inline(always)]
     pub(crate) fn store_u32_pair(&self, offset: usize, first: u32, second: u32) {
@@ -474,6 +514,69 @@ impl RingRegion {
         for offset in (0..self.len / 2).map(|i| i * 2) {
             self.store_u16(offset, 0, Ordering::Relaxed);
         }
+    }
+}
+
+/// Copies `count` bytes from `src` to `dst`. Up to 128 bytes (headers and small frames, the hot case) with two
+/// unaligned, possibly overlapping, block moves instead of a `memcpy` call; every source word is read before any
+/// destination word is written, so those tolerate overlap. Longer ranges go to `ptr::copy` (`MAY_OVERLAP`) or
+/// `ptr::copy_nonoverlapping`.
+///
+/// # Safety
+///
+/// `src` must be valid for reads and `dst` for writes of `count` bytes; without `MAY_OVERLAP` the ranges must not
+/// overlap.
+#[inline(always)]
+unsafe fn copy_bytes<const MAY_OVERLAP: bool>(src: *const u8, dst: *mut u8, count: usize) {
+    macro_rules! ends {
+        ($t:ty) => {{
+            let n = core::mem::size_of::<$t>();
+            // SAFETY: `n <= count` (the match arm), so both words lie inside the caller's `count`-byte ranges.
+            let (head, tail) = unsafe {
+                (
+                    src.cast::<$t>().read_unaligned(),
+                    src.add(count - n).cast::<$t>().read_unaligned(),
+                )
+            };
+            // SAFETY: as above, for the destination; both words were read first, so overlap is harmless.
+            unsafe {
+                dst.cast::<$t>().write_unaligned(head);
+                dst.add(count - n).cast::<$t>().write_unaligned(tail);
+            }
+        }};
+    }
+    // A decision tree rather than a chain of compares: two or three branches for any length.
+    if count >= 16 {
+        if count > 128 {
+            if MAY_OVERLAP {
+                // SAFETY: the caller's ranges, valid for `count` bytes.
+                unsafe { core::ptr::copy(src, dst, count) }
+            } else {
+                // SAFETY: as above, and the caller promised they do not overlap.
+                unsafe { core::ptr::copy_nonoverlapping(src, dst, count) }
+            }
+            return;
+        }
+        if count > 64 {
+            ends!([u128; 4]);
+        } else if count >= 32 {
+            ends!([u128; 2]);
+        } else {
+            ends!(u128);
+        }
+    } else if count >= 4 {
+        if count >= 8 {
+            ends!(u64);
+        } else {
+            ends!(u32);
+        }
+    } else if count >= 2 {
+        ends!(u16);
+    } else if count == 1 {
+        // SAFETY: the one byte of the source range.
+        let byte = unsafe { src.read() };
+        // SAFETY: the one byte of the destination range.
+        unsafe { dst.write(byte) }
     }
 }
 
@@ -559,7 +662,7 @@ impl<'m> DeviceSlice<'m> {
             let src = unsafe { self.ptr.as_ptr().add(offset) };
             // SAFETY: `src..src + count` is inside the translated range; `dst` is a distinct Rust buffer (it cannot
             // alias peer memory, which no Rust reference points into).
-            unsafe { core::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), count) }
+            unsafe { copy_bytes::<false>(src, dst.as_mut_ptr(), count) }
         }
         count
     }
@@ -571,7 +674,7 @@ impl<'m> DeviceSlice<'m> {
             // SAFETY: `offset + count <= len`, so the pointer stays inside the translated range.
             let dst = unsafe { self.ptr.as_ptr().add(offset) };
             // SAFETY: as in `read_at`, with the roles swapped.
-            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst, count) }
+            unsafe { copy_bytes::<false>(src.as_ptr(), dst, count) }
         }
         count
     }
@@ -584,8 +687,8 @@ impl<'m> DeviceSlice<'m> {
         if count != 0 {
             // SAFETY: `offset + count <= len`, so the pointer stays inside the translated range.
             let dst = unsafe { self.ptr.as_ptr().add(offset) };
-            // SAFETY: both ranges are inside translated memory for `count` bytes; `copy` tolerates overlap.
-            unsafe { core::ptr::copy(src.ptr.as_ptr(), dst, count) }
+            // SAFETY: both ranges are inside translated memory for `count` bytes; `MAY_OVERLAP` tolerates overlap.
+            unsafe { copy_bytes::<true>(src.ptr.as_ptr(), dst, count) }
         }
         count
     }
@@ -623,6 +726,30 @@ mod tests {
         let ptr = mem.translate(DeviceAddr::new(0x110), 4).expect("inside");
         assert_eq!(ptr.as_ptr() as usize, host + 0x10);
         assert!(mem.translate(DeviceAddr::new(0x13f), 2).is_none());
+    }
+
+    #[test]
+    #[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
+    fn copy_bytes_matches_memmove_for_every_length_around_the_fast_path() {
+        for count in 0..=140usize {
+            for shift in [0usize, 1, 3, 8] {
+                let mut buf: [u8; 300] = core::array::from_fn(|i| (i * 7 + 1) as u8);
+                let mut expect = buf;
+                expect.copy_within(0..count, shift);
+                let base = buf.as_mut_ptr();
+                // SAFETY: both ranges lie inside `buf` (140 + 8 < 300); overlap is allowed.
+                unsafe { copy_bytes::<true>(base, base.wrapping_add(shift), count) };
+                assert_eq!(buf, expect, "count {count} shift {shift}");
+                let mut dst = [0u8; 140];
+                let mut want = [0u8; 140];
+                want[..count].copy_from_slice(&buf[shift..shift + count]);
+                // SAFETY: distinct buffers of at least `count` bytes.
+                unsafe {
+                    copy_bytes::<false>(buf.as_ptr().wrapping_add(shift), dst.as_mut_ptr(), count)
+                };
+                assert_eq!(dst, want, "count {count}");
+            }
+        }
     }
 
     #[test]

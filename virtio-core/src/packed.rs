@@ -485,6 +485,10 @@ pub struct PackedDriverQueue<M, T> {
     next_avail: u16,
     avail_wrap: bool,
     num_added: u16,
+    /// The first unpublished head (ring position, flags to store) while chains await `publish`.
+    pending_head: Option<(u16, u16)>,
+    /// Chains added and not yet published.
+    unpublished: u16,
     last_used: u16,
     used_wrap: bool,
     callbacks: bool,
@@ -531,6 +535,8 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
             next_avail: 0,
             avail_wrap: true,
             num_added: 0,
+            pending_head: None,
+            unpublished: 0,
             last_used: 0,
             used_wrap: true,
             callbacks: true,
@@ -556,6 +562,8 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         self.next_avail = 0;
         self.avail_wrap = true;
         self.num_added = 0;
+        self.pending_head = None;
+        self.unpublished = 0;
         self.last_used = 0;
         self.used_wrap = true;
         self.callbacks = true;
@@ -598,26 +606,55 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         Err(error)
     }
 
-    #[inline(always)]
-    fn write_desc(&self, pos: u16, addr: u64, len: u32, id: u16) {
-        let base = usize::from(pos) * DESC_SIZE;
-        self.desc.store_u64(base, addr, Ordering::Relaxed);
-        self.desc.store_u32(base + 8, len, Ordering::Relaxed);
-        self.desc.store_u16(base + 12, id, Ordering::Relaxed);
+    /// Makes a chain of device-readable then device-writable buffers available with `token`. The chain is published
+    /// (its head's flags stored with release) before this returns, together with any chains
+    /// [`add_unpublished`](Self::add_unpublished) left pending.
+    pub fn add(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+        let id = self.add_unpublished(readable, writable, token)?;
+        self.publish();
+        Ok(id)
     }
 
-    /// Makes a chain of device-readable then device-writable buffers available with `token`.
-    pub fn add(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+    /// As [`add`](Self::add), but the device does not see the chain until [`publish`](Self::publish) (or
+    /// [`kick_prepare`](Self::kick_prepare), which publishes first): the flags of the first pending head are
+    /// withheld and stored last, with release, so a burst costs one publishing store.
+    pub fn add_unpublished(
+        &mut self,
+        readable: &[Buffer],
+        writable: &[Buffer],
+        token: T,
+    ) -> Result<u16> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
-        let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
-        let use_indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
-        let needed = if use_indirect {
-            1
-        } else {
-            u16::try_from(total).unwrap_or(u16::MAX)
-        };
+        match (readable, writable) {
+            ([buffer], []) => self.add_single(buffer, 0, token),
+            ([], [buffer]) => self.add_single(buffer, DESC_F_WRITE, token),
+            _ => self.add_chain(readable, writable, token),
+        }
+    }
+
+    /// Makes the chains added with [`add_unpublished`](Self::add_unpublished) visible to the device (the release
+    /// store of the first pending head's flags). Does nothing if none are pending.
+    #[inline]
+    pub fn publish(&mut self) {
+        self.unpublished = 0;
+        if let Some((pos, flags)) = self.pending_head.take() {
+            // Release pairs with the device's acquire load of the head flags: every chain added since (written
+            // before this store, later heads included) is visible first.
+            self.desc
+                .store_u16(usize::from(pos) * DESC_SIZE + 14, flags, Ordering::Release);
+        }
+    }
+
+    /// Chains added with [`add_unpublished`](Self::add_unpublished) and not yet published.
+    pub fn unpublished(&self) -> u16 {
+        self.unpublished
+    }
+
+    /// Takes a free buffer id for a chain of `needed` ring slots.
+    #[inline(always)]
+    fn take_id(&mut self, needed: u16, token: T, writable: u32) -> Result<u16> {
         if needed > self.num_free {
             return Err(Error::QueueFull {
                 needed,
@@ -631,8 +668,60 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         self.free_id = state.next_free;
         state.token = Some(token);
         state.descriptors = needed;
-        state.writable = writable_len;
+        state.writable = writable;
+        Ok(id)
+    }
 
+    /// Stores a head's flags: withheld if it is the first unpublished head, else relaxed (the first head's release
+    /// store in `publish` makes it visible; the device reads heads in ring order).
+    #[inline(always)]
+    fn make_available(&mut self, id: u16, head: u16, head_flags: u16, needed: u16) {
+        self.num_free -= needed;
+        self.num_added = self.num_added.wrapping_add(needed);
+        self.in_flight += 1;
+        self.unpublished += 1;
+        self.in_order.push(id);
+        if self.pending_head.is_none() {
+            self.pending_head = Some((head, head_flags));
+        } else {
+            self.desc.store_u16(
+                usize::from(head) * DESC_SIZE + 14,
+                head_flags,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// One buffer, one descriptor: the common case without the generic chain walk.
+    #[inline(always)]
+    fn add_single(&mut self, buffer: &Buffer, write: u16, token: T) -> Result<u16> {
+        if buffer.len == 0 {
+            return Err(Error::EmptyBuffer);
+        }
+        let writable = if write != 0 { buffer.len } else { 0 };
+        let id = self.take_id(1, token, writable)?;
+        let head = self.next_avail;
+        let head_flags = avail_flags(self.avail_wrap) | write;
+        self.desc.store_descriptor_body(
+            usize::from(head) * DESC_SIZE,
+            buffer.addr.raw(),
+            buffer.len,
+            id,
+        );
+        advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
+        self.make_available(id, head, head_flags, 1);
+        Ok(id)
+    }
+
+    fn add_chain(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+        let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
+        let use_indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
+        let needed = if use_indirect {
+            1
+        } else {
+            u16::try_from(total).unwrap_or(u16::MAX)
+        };
+        let id = self.take_id(needed, token, writable_len)?;
         let head = self.next_avail;
         let head_wrap = self.avail_wrap;
         let mut head_flags = avail_flags(head_wrap);
@@ -644,14 +733,21 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
             if let Some((pool, table)) = &self.indirect {
                 let base = usize::from(id) * usize::from(pool.entries_per_chain) * DESC_SIZE;
                 for (i, (buffer, write)) in buffers.enumerate() {
-                    let off = base + i * DESC_SIZE;
-                    table.store_u64(off, buffer.addr.raw(), Ordering::Relaxed);
-                    table.store_u32(off + 8, buffer.len, Ordering::Relaxed);
-                    table.store_u16(off + 12, 0, Ordering::Relaxed);
-                    table.store_u16(off + 14, write, Ordering::Relaxed);
+                    table.store_descriptor(
+                        base + i * DESC_SIZE,
+                        buffer.addr.raw(),
+                        buffer.len,
+                        0,
+                        write,
+                    );
                 }
                 let len = u32::try_from(total * DESC_SIZE).unwrap_or(u32::MAX);
-                self.write_desc(head, pool.table_addr(id).raw(), len, id);
+                self.desc.store_descriptor_body(
+                    usize::from(head) * DESC_SIZE,
+                    pool.table_addr(id).raw(),
+                    len,
+                    id,
+                );
                 head_flags |= DESC_F_INDIRECT;
             }
             advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
@@ -659,16 +755,19 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
             let (mut pos, mut wrap) = (head, head_wrap);
             for (i, (buffer, write)) in buffers.enumerate() {
                 let next = if i + 1 < total { DESC_F_NEXT } else { 0 };
-                self.write_desc(pos, buffer.addr.raw(), buffer.len, id);
+                let base = usize::from(pos) * DESC_SIZE;
                 if i == 0 {
+                    self.desc
+                        .store_descriptor_body(base, buffer.addr.raw(), buffer.len, id);
                     head_flags |= write | next;
                 } else {
-                    // Tail descriptors become visible with the head's release store below.
-                    let base = usize::from(pos) * DESC_SIZE;
-                    self.desc.store_u16(
-                        base + 14,
+                    // Tail descriptors become visible with the head's release store.
+                    self.desc.store_descriptor(
+                        base,
+                        buffer.addr.raw(),
+                        buffer.len,
+                        id,
                         avail_flags(wrap) | write | next,
-                        Ordering::Relaxed,
                     );
                 }
                 advance(&mut pos, &mut wrap, 1, self.size);
@@ -676,21 +775,14 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
             self.next_avail = pos;
             self.avail_wrap = wrap;
         }
-        self.num_free -= needed;
-        self.num_added = self.num_added.wrapping_add(needed);
-        self.in_flight += 1;
-        self.in_order.push(id);
-        // Release pairs with the device's acquire load of the head flags: the whole chain is visible first.
-        self.desc.store_u16(
-            usize::from(head) * DESC_SIZE + 14,
-            head_flags,
-            Ordering::Release,
-        );
+        self.make_available(id, head, head_flags, needed);
         Ok(id)
     }
 
     /// Decides whether the device wants a notification for the descriptors added since the last call.
+    /// Publishes pending chains first (see [`add_unpublished`](Self::add_unpublished)).
     pub fn kick_prepare(&mut self) -> bool {
+        self.publish();
         // Full barrier between publishing descriptors and reading the device's event suppression; pairs with the
         // device's barrier in `enable_notification`.
         fence(Ordering::SeqCst);
@@ -763,6 +855,10 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
                 }
             }
         };
+        if self.in_flight <= self.unpublished {
+            // Every chain in flight is still unpublished: the device cannot have seen it.
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        }
         let finished = self.in_order.finished_len(id);
         let Some(state) = self.ids.get_mut(usize::from(id)) else {
             return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
@@ -794,6 +890,107 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
             fence(Ordering::SeqCst);
         }
         Ok(Some(Used { token, len }))
+    }
+
+    /// Collects every used buffer the device has returned so far, handing each to `out` in order; returns how many.
+    /// The checks are those of [`pop_used`](Self::pop_used); with VIRTIO_F_IN_ORDER one used descriptor retires its
+    /// whole batch in a tight loop, and the EVENT_IDX request is written once at the end. On a device fault the
+    /// buffers before it have been handed out and the error is returned.
+    pub fn pop_used_batch(&mut self, mut out: impl FnMut(Used<T>)) -> Result<usize> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let mut n = 0;
+        // Finish an in-order batch a `pop_used` call started.
+        while self.in_order.batch_pending() {
+            match self.pop_used()? {
+                Some(used) => {
+                    out(used);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        let in_order = self.in_order.enabled();
+        loop {
+            let base = usize::from(self.last_used) * DESC_SIZE;
+            // Acquire pairs with the device's release store of the flags, written after id and len.
+            let flags = self.desc.load_u16(base + 14, Ordering::Acquire);
+            if !is_used(flags, self.used_wrap) {
+                break;
+            }
+            let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
+            let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
+            if id >= self.size {
+                return self.fault(Error::UsedIdOutOfRange {
+                    id: u32::from(id),
+                    size: self.size,
+                });
+            }
+            if self
+                .ids
+                .get(usize::from(id))
+                .is_none_or(|s| s.token.is_none())
+            {
+                return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+            }
+            if !in_order {
+                out(self.retire(id, Some(len))?);
+                n += 1;
+                continue;
+            }
+            // One descriptor names the last chain of a batch; the ones made available before it are done too.
+            loop {
+                let Some(front) = self.in_order.pop_front() else {
+                    return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+                };
+                let last = front == id;
+                out(self.retire(front, last.then_some(len))?);
+                n += 1;
+                if last {
+                    break;
+                }
+            }
+        }
+        if n != 0 && self.features.event_idx && self.callbacks {
+            // As in `pop_used`, once for the whole batch.
+            let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
+            self.driver_event.store_u32(0, value, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+
+    /// Returns the in-flight chain `id` as used with `len` bytes (or all it offered when `None`).
+    #[inline(always)]
+    fn retire(&mut self, id: u16, len: Option<u32>) -> Result<Used<T>> {
+        if self.in_flight <= self.unpublished {
+            // Every chain in flight is still unpublished: the device cannot have seen it.
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        }
+        let Some(state) = self.ids.get_mut(usize::from(id)) else {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        };
+        let len = len.unwrap_or(state.writable);
+        if len > state.writable {
+            let offered = state.writable;
+            return self.fault(Error::UsedLengthTooLarge { len, offered });
+        }
+        let Some(token) = state.token.take() else {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        };
+        let descriptors = state.descriptors;
+        state.next_free = self.free_id;
+        self.free_id = id;
+        self.num_free += descriptors;
+        self.in_flight -= 1;
+        advance(
+            &mut self.last_used,
+            &mut self.used_wrap,
+            descriptors,
+            self.size,
+        );
+        Ok(Used { token, len })
     }
 
     /// Requests interrupts again. Returns `false` if used buffers arrived meanwhile.

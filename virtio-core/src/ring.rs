@@ -155,18 +155,39 @@ impl InOrderTracker {
         }
     }
 
-    fn enabled(&self) -> bool {
+    #[inline(always)]
+    pub(crate) fn enabled(&self) -> bool {
         !self.fifo.is_empty()
     }
 
+    #[inline(always)]
     pub(crate) fn push(&mut self, id: u16) {
         if self.enabled() {
             let cap = self.fifo.len();
-            if let Some(slot) = self.fifo.get_mut((self.head + self.len) % cap) {
+            let mut at = self.head + self.len;
+            if at >= cap {
+                at -= cap;
+            }
+            if let Some(slot) = self.fifo.get_mut(at) {
                 *slot = id;
                 self.len += 1;
             }
         }
+    }
+
+    /// Removes and returns the oldest id in flight (batched reclaim; not while a `start`ed batch is pending).
+    #[inline(always)]
+    pub(crate) fn pop_front(&mut self) -> Option<u16> {
+        if self.len == 0 {
+            return None;
+        }
+        let id = self.fifo.get(self.head).copied()?;
+        self.head += 1;
+        if self.head == self.fifo.len() {
+            self.head = 0;
+        }
+        self.len -= 1;
+        Some(id)
     }
 
     fn front(&self) -> Option<u16> {
@@ -374,7 +395,32 @@ impl<M: RingMemory, T> DriverQueue<M, T> {
         dispatch!(self, q => q.add(readable, writable, token))
     }
 
-    /// Whether the device wants a notification for what was added since the last call.
+    /// As [`add`](Self::add), but the device does not see the chain until [`publish`](Self::publish) or
+    /// [`kick_prepare`](Self::kick_prepare): a burst of chains costs one publishing store (split: `avail.idx`;
+    /// packed: the first head's flags, written last).
+    #[inline]
+    pub fn add_unpublished(
+        &mut self,
+        readable: &[Buffer],
+        writable: &[Buffer],
+        token: T,
+    ) -> Result<u16> {
+        dispatch!(self, q => q.add_unpublished(readable, writable, token))
+    }
+
+    /// Makes the chains added with [`add_unpublished`](Self::add_unpublished) visible to the device.
+    #[inline]
+    pub fn publish(&mut self) {
+        dispatch!(self, q => q.publish())
+    }
+
+    /// Chains added with [`add_unpublished`](Self::add_unpublished) and not yet published.
+    pub fn unpublished(&self) -> u16 {
+        dispatch!(self, q => q.unpublished())
+    }
+
+    /// Whether the device wants a notification for what was added since the last call. Publishes pending chains
+    /// first.
     #[inline]
     pub fn kick_prepare(&mut self) -> bool {
         dispatch!(self, q => q.kick_prepare())
@@ -389,6 +435,13 @@ impl<M: RingMemory, T> DriverQueue<M, T> {
     #[inline]
     pub fn pop_used(&mut self) -> Result<Option<Used<T>>> {
         dispatch!(self, q => q.pop_used())
+    }
+
+    /// Collects every used buffer returned so far, handing each to `out` in order; returns how many. Cheaper than
+    /// a `pop_used` loop: with VIRTIO_F_IN_ORDER one used element retires a whole batch in a tight loop.
+    #[inline]
+    pub fn pop_used_batch(&mut self, out: impl FnMut(Used<T>)) -> Result<usize> {
+        dispatch!(self, q => q.pop_used_batch(out))
     }
 
     /// Whether used buffers are waiting.

@@ -85,15 +85,6 @@ fn read_desc(table: &RingRegion, index: u16) -> Desc {
     }
 }
 
-#[inline(always)]
-fn write_desc(table: &RingRegion, index: u16, desc: Desc) {
-    let base = usize::from(index) * DESC_SIZE;
-    table.store_u64(base, desc.addr, Ordering::Relaxed);
-    table.store_u32(base + 8, desc.len, Ordering::Relaxed);
-    table.store_u16(base + 12, desc.flags, Ordering::Relaxed);
-    table.store_u16(base + 14, desc.next, Ordering::Relaxed);
-}
-
 fn parse_desc(bytes: &[u8; 16]) -> Desc {
     let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = *bytes;
     Desc {
@@ -487,6 +478,8 @@ pub struct SplitDriverQueue<M, T> {
     in_flight: u16,
     next_avail: u16,
     num_added: u16,
+    /// Chains in the available ring whose `avail.idx` store is still to come.
+    unpublished: u16,
     last_used: u16,
     shadow_used: u16,
     callbacks: bool,
@@ -533,6 +526,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             in_flight: 0,
             next_avail: 0,
             num_added: 0,
+            unpublished: 0,
             last_used: 0,
             shadow_used: 0,
             callbacks: true,
@@ -586,10 +580,92 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
 
     /// Makes a chain of device-readable then device-writable buffers available, with `token` returned when the
     /// device uses it. Uses an indirect table when one is configured and the chain has more than one buffer.
+    /// The chain is published (`avail.idx` stored with release) before this returns, together with any chains
+    /// [`add_unpublished`](Self::add_unpublished) left pending.
     pub fn add(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
+        let head = self.add_unpublished(readable, writable, token)?;
+        self.publish();
+        Ok(head)
+    }
+
+    /// As [`add`](Self::add), but the device does not see the chain until [`publish`](Self::publish) (or
+    /// [`kick_prepare`](Self::kick_prepare), which publishes first): a burst of chains costs one `avail.idx` store.
+    pub fn add_unpublished(
+        &mut self,
+        readable: &[Buffer],
+        writable: &[Buffer],
+        token: T,
+    ) -> Result<u16> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
+        match (readable, writable) {
+            ([buffer], []) => self.add_single(buffer, 0, token),
+            ([], [buffer]) => self.add_single(buffer, DESC_F_WRITE, token),
+            _ => self.add_chain(readable, writable, token),
+        }
+    }
+
+    /// Makes the chains added with [`add_unpublished`](Self::add_unpublished) visible to the device (one release
+    /// store of `avail.idx`). Does nothing if none are pending.
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.unpublished != 0 {
+            self.unpublished = 0;
+            // Release pairs with the device's acquire load of `avail.idx`: descriptors and ring entries come first.
+            self.avail
+                .store_u16(AVAIL_IDX, self.next_avail, Ordering::Release);
+        }
+    }
+
+    /// Chains added with [`add_unpublished`](Self::add_unpublished) and not yet published.
+    pub fn unpublished(&self) -> u16 {
+        self.unpublished
+    }
+
+    /// One buffer, one descriptor: the common case without the generic chain walk.
+    #[inline(always)]
+    fn add_single(&mut self, buffer: &Buffer, write: u16, token: T) -> Result<u16> {
+        if buffer.len == 0 {
+            return Err(Error::EmptyBuffer);
+        }
+        if self.num_free == 0 {
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        }
+        let head = self.free_head;
+        let Some(state) = self.states.get_mut(usize::from(head)) else {
+            return Err(Error::QueueFull { needed: 1, free: 0 });
+        };
+        let next = state.next;
+        state.token = Some(token);
+        state.chain_len = 1;
+        state.writable = if write != 0 { buffer.len } else { 0 };
+        self.desc.store_descriptor(
+            usize::from(head) * DESC_SIZE,
+            buffer.addr.raw(),
+            buffer.len,
+            write,
+            next,
+        );
+        self.free_head = next;
+        self.num_free -= 1;
+        self.make_available(head);
+        Ok(head)
+    }
+
+    /// Puts `head` in the available ring (not yet published).
+    #[inline(always)]
+    fn make_available(&mut self, head: u16) {
+        self.in_order.push(head);
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        self.avail.store_u16(4 + 2 * slot, head, Ordering::Relaxed);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.num_added = self.num_added.wrapping_add(1);
+        self.in_flight += 1;
+        self.unpublished += 1;
+    }
+
+    fn add_chain(&mut self, readable: &[Buffer], writable: &[Buffer], token: T) -> Result<u16> {
         let (total, writable_len) = crate::ring::check_buffers(readable, writable)?;
         let indirect = matches!(&self.indirect, Some((pool, _)) if total > 1 && total <= usize::from(pool.entries_per_chain));
         let needed = if indirect {
@@ -609,32 +685,28 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             .map(|b| (b, 0))
             .chain(writable.iter().map(|b| (b, DESC_F_WRITE)));
         let mut index = head;
-        let mut last = head;
         if indirect {
             if let Some((pool, table)) = &self.indirect {
                 let base = usize::from(head) * usize::from(pool.entries_per_chain) * DESC_SIZE;
                 for (i, (buffer, write)) in buffers.enumerate() {
                     let next = u16::try_from(i + 1).unwrap_or(0);
                     let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
-                    let entry = Desc {
-                        addr: buffer.addr.raw(),
-                        len: buffer.len,
+                    table.store_descriptor(
+                        base + i * DESC_SIZE,
+                        buffer.addr.raw(),
+                        buffer.len,
                         flags,
                         next,
-                    };
-                    write_desc_at(table, base + i * DESC_SIZE, entry);
+                    );
                 }
                 let table_addr = pool.table_addr(head);
                 let len = u32::try_from(total * DESC_SIZE).unwrap_or(u32::MAX);
-                write_desc(
-                    &self.desc,
-                    head,
-                    Desc {
-                        addr: table_addr.raw(),
-                        len,
-                        flags: DESC_F_INDIRECT,
-                        next: 0,
-                    },
+                self.desc.store_descriptor(
+                    usize::from(head) * DESC_SIZE,
+                    table_addr.raw(),
+                    len,
+                    DESC_F_INDIRECT,
+                    0,
                 );
             }
             index = self.states.get(usize::from(head)).map_or(0, |s| s.next);
@@ -642,21 +714,16 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             for (i, (buffer, write)) in buffers.enumerate() {
                 let next = self.states.get(usize::from(index)).map_or(0, |s| s.next);
                 let flags = write | if i + 1 < total { DESC_F_NEXT } else { 0 };
-                write_desc(
-                    &self.desc,
-                    index,
-                    Desc {
-                        addr: buffer.addr.raw(),
-                        len: buffer.len,
-                        flags,
-                        next,
-                    },
+                self.desc.store_descriptor(
+                    usize::from(index) * DESC_SIZE,
+                    buffer.addr.raw(),
+                    buffer.len,
+                    flags,
+                    next,
                 );
-                last = index;
                 index = next;
             }
         }
-        let _ = last;
         self.free_head = index;
         self.num_free -= needed;
         if let Some(state) = self.states.get_mut(usize::from(head)) {
@@ -664,20 +731,14 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             state.chain_len = needed;
             state.writable = writable_len;
         }
-        self.in_order.push(head);
-        let slot = usize::from(self.next_avail & (self.size - 1));
-        self.avail.store_u16(4 + 2 * slot, head, Ordering::Relaxed);
-        self.next_avail = self.next_avail.wrapping_add(1);
-        self.num_added = self.num_added.wrapping_add(1);
-        self.in_flight += 1;
-        // Release pairs with the device's acquire load of `avail.idx`: descriptors and ring entry come first.
-        self.avail
-            .store_u16(AVAIL_IDX, self.next_avail, Ordering::Release);
+        self.make_available(head);
         Ok(head)
     }
 
     /// Decides whether the device wants a notification for the buffers added since the last call.
+    /// Publishes pending chains first (see [`add_unpublished`](Self::add_unpublished)).
     pub fn kick_prepare(&mut self) -> bool {
+        self.publish();
         // Full barrier between publishing `avail.idx` (in `add`) and reading `avail_event`/`used.flags`; pairs with
         // the device's barrier in `enable_notification` (Linux `virtqueue_kick_prepare_split`).
         fence(Ordering::SeqCst);
@@ -718,7 +779,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             // Acquire pairs with the device's release store of `used.idx` after writing the elements.
             let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
             let new = idx.wrapping_sub(self.last_used);
-            if new > self.in_flight {
+            if new > self.published_in_flight() {
                 return self.fault(Error::UsedIndexJump {
                     used_idx: idx,
                     last_used: self.last_used,
@@ -792,6 +853,126 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         Ok(token.map(|token| Used { token, len }))
     }
 
+    /// Chains the device has been shown (in flight and published).
+    #[inline(always)]
+    fn published_in_flight(&self) -> u16 {
+        self.in_flight.saturating_sub(self.unpublished)
+    }
+
+    /// Collects every used buffer the device has returned so far, handing each to `out` in order; returns how many.
+    /// The checks are those of [`pop_used`](Self::pop_used), and with VIRTIO_F_IN_ORDER the used index must also
+    /// cover every buffer a batched element retires. `used.idx` is read once; with IN_ORDER one used element
+    /// retires its whole batch in a tight loop; the EVENT_IDX request is written once at the end. On a device
+    /// fault the buffers before it have been handed out and the error is returned.
+    pub fn pop_used_batch(&mut self, mut out: impl FnMut(Used<T>)) -> Result<usize> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        let mut n = 0;
+        // Finish an in-order batch a `pop_used` call started.
+        while self.in_order.batch_pending() {
+            match self.pop_used()? {
+                Some(used) => {
+                    out(used);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        // Acquire pairs with the device's release store of `used.idx` after writing the elements.
+        let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
+        let mut remaining = idx.wrapping_sub(self.last_used);
+        if remaining > self.published_in_flight() {
+            return self.fault(Error::UsedIndexJump {
+                used_idx: idx,
+                last_used: self.last_used,
+                in_flight: self.in_flight,
+            });
+        }
+        self.shadow_used = idx;
+        let in_order = self.in_order.enabled();
+        while remaining != 0 {
+            let base = 4 + 8 * usize::from(self.last_used & (self.size - 1));
+            let id = self.used.load_u32(base, Ordering::Relaxed);
+            let len = self.used.load_u32(base + 4, Ordering::Relaxed);
+            let head = match u16::try_from(id) {
+                Ok(head) if head < self.size => head,
+                _ => {
+                    return self.fault(Error::UsedIdOutOfRange {
+                        id,
+                        size: self.size,
+                    })
+                }
+            };
+            if self
+                .states
+                .get(usize::from(head))
+                .is_none_or(|s| s.token.is_none())
+            {
+                return self.fault(Error::UsedIdNotInFlight { id });
+            }
+            if !in_order {
+                out(self.retire(head, Some(len))?);
+                n += 1;
+                remaining -= 1;
+                continue;
+            }
+            // One element names the last chain of a batch; the ones made available before it are done too.
+            loop {
+                if remaining == 0 {
+                    return self.fault(Error::UsedIndexJump {
+                        used_idx: idx,
+                        last_used: self.last_used,
+                        in_flight: self.in_flight,
+                    });
+                }
+                let Some(front) = self.in_order.pop_front() else {
+                    return self.fault(Error::UsedIdNotInFlight { id });
+                };
+                let last = front == head;
+                out(self.retire(front, last.then_some(len))?);
+                n += 1;
+                remaining -= 1;
+                if last {
+                    break;
+                }
+            }
+        }
+        if n != 0 && self.features.event_idx && self.callbacks {
+            // As in `pop_used`, once for the whole batch.
+            let off = 4 + 2 * usize::from(self.size);
+            self.avail.store_u16(off, self.last_used, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+
+    /// Returns the in-flight chain at `head` as used with `len` bytes (or all it offered when `None`).
+    #[inline(always)]
+    fn retire(&mut self, head: u16, len: Option<u32>) -> Result<Used<T>> {
+        let Some(state) = self.states.get_mut(usize::from(head)) else {
+            return self.fault(Error::UsedIdNotInFlight {
+                id: u32::from(head),
+            });
+        };
+        let len = len.unwrap_or(state.writable);
+        if len > state.writable {
+            let offered = state.writable;
+            return self.fault(Error::UsedLengthTooLarge { len, offered });
+        }
+        let Some(token) = state.token.take() else {
+            return self.fault(Error::UsedIdNotInFlight {
+                id: u32::from(head),
+            });
+        };
+        let chain_len = state.chain_len;
+        self.free_chain(head, chain_len);
+        self.in_flight -= 1;
+        self.last_used = self.last_used.wrapping_add(1);
+        Ok(Used { token, len })
+    }
+
+    #[inline(always)]
     fn free_chain(&mut self, head: u16, chain_len: u16) {
         let mut tail = head;
         for _ in 1..chain_len {
@@ -864,6 +1045,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         self.in_flight = 0;
         self.next_avail = 0;
         self.num_added = 0;
+        self.unpublished = 0;
         self.last_used = 0;
         self.shadow_used = 0;
         self.callbacks = true;
@@ -871,11 +1053,4 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         self.in_order.clear();
         self.states.iter_mut().filter_map(|s| s.token.take())
     }
-}
-
-fn write_desc_at(table: &RingRegion, offset: usize, desc: Desc) {
-    table.store_u64(offset, desc.addr, Ordering::Relaxed);
-    table.store_u32(offset + 8, desc.len, Ordering::Relaxed);
-    table.store_u16(offset + 12, desc.flags, Ordering::Relaxed);
-    table.store_u16(offset + 14, desc.next, Ordering::Relaxed);
 }

@@ -498,12 +498,9 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             .pairs
             .get_mut(usize::from(pair))
             .ok_or(NetError::QueueNotActive(queue))?;
-        let mut n = 0;
-        while let Some(used) = p.tx.pop_used().map_err(ring_err(queue))? {
-            p.tx_free.push(used.token);
-            n += 1;
-        }
-        Ok(n)
+        let tx_free = &mut p.tx_free;
+        p.tx.pop_used_batch(|used| tx_free.push(used.token))
+            .map_err(ring_err(queue))
     }
 
     /// The longest frame [`send`](Self::send) takes: [`MAX_FRAME_LEN`], or what fits a small slot without
@@ -573,9 +570,9 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         }
         let free = p.tx_free.len();
         if free < reclaim_below || free < frames.len() {
-            while let Some(used) = p.tx.pop_used().map_err(ring_err(queue))? {
-                p.tx_free.push(used.token);
-            }
+            let tx_free = &mut p.tx_free;
+            p.tx.pop_used_batch(|used| tx_free.push(used.token))
+                .map_err(ring_err(queue))?;
         }
         let mut queued = 0;
         let mut error = None;
@@ -601,7 +598,8 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             };
             slice.write_at(0, header_bytes);
             slice.write_at(hl, frame);
-            if let Err(e) = p.tx.add(&[Buffer::new(addr, len)], &[], slot) {
+            // Published once for the whole burst, by `kick_prepare` below.
+            if let Err(e) = p.tx.add_unpublished(&[Buffer::new(addr, len)], &[], slot) {
                 p.tx_free.push(slot);
                 error = Some(ring_err(queue)(e));
                 break;
