@@ -531,17 +531,30 @@ unsafe fn copy_bytes<const MAY_OVERLAP: bool>(src: *const u8, dst: *mut u8, coun
     macro_rules! ends {
         ($t:ty) => {{
             let n = core::mem::size_of::<$t>();
-            // SAFETY: `n <= count` (the match arm), so both words lie inside the caller's `count`-byte ranges.
-            let (head, tail) = unsafe {
-                (
-                    src.cast::<$t>().read_unaligned(),
-                    src.add(count - n).cast::<$t>().read_unaligned(),
-                )
-            };
-            // SAFETY: as above, for the destination; both words were read first, so overlap is harmless.
-            unsafe {
-                dst.cast::<$t>().write_unaligned(head);
-                dst.add(count - n).cast::<$t>().write_unaligned(tail);
+            // SAFETY: `n <= count` (the branch below), so the first and the last `n` bytes lie inside the caller's
+            // `count`-byte ranges; this and every access below stays in them.
+            let tail_src = unsafe { src.add(count - n) };
+            // SAFETY: as above.
+            let tail_dst = unsafe { dst.add(count - n) };
+            if MAY_OVERLAP {
+                // Both words are read before either is written, so overlapping ranges copy like `memmove`.
+                // SAFETY: as above.
+                let head = unsafe { src.cast::<$t>().read_unaligned() };
+                // SAFETY: as above.
+                let tail = unsafe { tail_src.cast::<$t>().read_unaligned() };
+                // SAFETY: as above.
+                unsafe { dst.cast::<$t>().write_unaligned(head) };
+                // SAFETY: as above.
+                unsafe { tail_dst.cast::<$t>().write_unaligned(tail) };
+            } else {
+                // SAFETY: as above; the ranges do not overlap, so the order of the moves does not matter.
+                let head = unsafe { src.cast::<$t>().read_unaligned() };
+                // SAFETY: as above.
+                unsafe { dst.cast::<$t>().write_unaligned(head) };
+                // SAFETY: as above.
+                let tail = unsafe { tail_src.cast::<$t>().read_unaligned() };
+                // SAFETY: as above.
+                unsafe { tail_dst.cast::<$t>().write_unaligned(tail) };
             }
         }};
     }
@@ -603,6 +616,7 @@ impl fmt::Debug for DeviceSlice<'_> {
 impl<'m> DeviceSlice<'m> {
     /// Translates `[addr, addr + len)` in `memory`; `None` if any byte is outside it. A zero `len` gives an empty
     /// slice.
+    #[inline]
     pub fn new<M: RingMemory + ?Sized>(
         memory: &'m M,
         addr: DeviceAddr,
@@ -624,22 +638,26 @@ impl<'m> DeviceSlice<'m> {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the slice is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Host pointer to the first byte, for zero-copy I/O (`readv`/`writev` iovecs). Valid for `len()` bytes while
     /// the memory is borrowed.
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// The sub-slice `[offset, offset + len)`, or `None` if it does not fit.
+    #[inline]
     pub fn subslice(&self, offset: usize, len: usize) -> Option<Self> {
         let end = offset.checked_add(len)?;
         if end > self.len {
@@ -655,6 +673,7 @@ impl<'m> DeviceSlice<'m> {
     }
 
     /// Copies `min(self.len() - offset, dst.len())` bytes starting at `offset` into `dst`; returns the count.
+    #[inline]
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> usize {
         let count = self.len.saturating_sub(offset).min(dst.len());
         if count != 0 {
@@ -668,6 +687,7 @@ impl<'m> DeviceSlice<'m> {
     }
 
     /// Copies `min(self.len() - offset, src.len())` bytes from `src` to `offset`; returns the count.
+    #[inline]
     pub fn write_at(&self, offset: usize, src: &[u8]) -> usize {
         let count = self.len.saturating_sub(offset).min(src.len());
         if count != 0 {
@@ -682,6 +702,7 @@ impl<'m> DeviceSlice<'m> {
     /// Copies `min(self.len() - offset, src.len())` bytes of `src` (another, possibly differently backed, memory)
     /// to `offset`; returns the count. The ranges may overlap only if they are the same memory; then the copy
     /// behaves like `memmove`.
+    #[inline]
     pub fn copy_from(&self, offset: usize, src: &DeviceSlice<'_>) -> usize {
         let count = self.len.saturating_sub(offset).min(src.len);
         if count != 0 {

@@ -437,6 +437,7 @@ impl<B, M, I> fmt::Debug for NetDevice<B, M, I> {
 /// `backend_header` bytes), the rest is passed as slices of driver memory. `Ok(None)`: the frame has more than
 /// [`TX_MAX_PARTS`] pieces (the caller copies it instead).
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 fn send_chain<B: NetBackend, M: RingMemory>(
     backend: &mut B,
     pair: u16,
@@ -712,6 +713,17 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let mut first = None;
         let mut sent = 0;
         let mut ring_error = None;
+        // Chains handled in this burst: with IN_ORDER only their count and the last token matter.
+        let mut batch = InOrderBatch::new();
+        macro_rules! done {
+            ($token:expr) => {
+                if in_order {
+                    batch.push($token);
+                } else {
+                    tx_used.push(($token, 0));
+                }
+            };
+        }
         'outer: loop {
             if !*tx_notify_off {
                 q.disable_notification();
@@ -738,7 +750,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         Err(_) => note(counters, &mut first, queue, DropReason::Backend),
                     }
                     *tx_pending = None;
-                    tx_used.push((token, 0));
+                    done!(token);
                     handled += 1;
                     continue;
                 }
@@ -774,7 +786,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         }
                     }
                     *tx_held = None;
-                    tx_used.push((token, 0));
+                    done!(token);
                     handled += 1;
                     continue;
                 }
@@ -800,7 +812,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 };
                 if let Some(reason) = reason {
                     note(counters, &mut first, queue, reason);
-                    tx_used.push((token, 0));
+                    done!(token);
                     continue;
                 }
                 let len = readable - header_len;
@@ -826,7 +838,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                             counters.tx_frames += 1;
                             counters.tx_bytes += len as u64;
                             sent += 1;
-                            tx_used.push((token, 0));
+                            done!(token);
                             continue;
                         }
                         Some(Ok(SendStatus::WouldBlock)) => {
@@ -836,7 +848,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         }
                         Some(Err(_)) => {
                             note(counters, &mut first, queue, DropReason::Backend);
-                            tx_used.push((token, 0));
+                            done!(token);
                             continue;
                         }
                         // More pieces than `TX_MAX_PARTS`: copy.
@@ -855,13 +867,11 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0 there (zeroed).
                 *tx_pending = Some((token, len));
             }
-            if !tx_used.is_empty() {
+            if batch.buffers() != 0 || !tx_used.is_empty() {
                 let added = if in_order {
-                    let mut batch = InOrderBatch::new();
-                    for &(token, _) in tx_used.iter() {
-                        batch.push(token);
-                    }
-                    q.add_used_in_order(&batch, 0)
+                    let added = q.add_used_in_order(&batch, 0);
+                    batch.clear();
+                    added
                 } else {
                     q.add_used_batch(tx_used)
                 };
