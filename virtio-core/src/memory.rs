@@ -342,6 +342,16 @@ unsafe impl<M: vm_memory::GuestMemoryBackend> RingMemory for VmMemory<M> {
     }
 }
 
+/// The panic of [`RingRegion::word`] (an assertion on this crate's own offsets), out of line so that the hot path
+/// does not prepare its message.
+#[allow(clippy::panic)] // the assertion `word` always made: a violation is a bug in this crate
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn ring_access_out_of_bounds(offset: usize, size: usize, len: usize) -> ! {
+    panic!("ring access out of bounds: offset {offset} size {size} len {len}")
+}
+
 /// A translated, bounds-checked ring area (descriptor table, driver area or device area).
 ///
 /// Accesses are atomic so that concurrent changes by the peer are not undefined behaviour; offsets are computed by
@@ -415,11 +425,9 @@ impl RingRegion {
         let align = core::mem::align_of::<T>();
         // The ring code computes offsets from indices reduced modulo the queue size, so this holds by construction;
         // a violation is a bug in this crate, and stopping is the only memory-safe answer.
-        assert!(
-            offset % align == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len),
-            "ring access out of bounds: offset {offset} size {size} len {}",
-            self.len
-        );
+        if !(offset % align == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len)) {
+            ring_access_out_of_bounds(offset, size, self.len);
+        }
         // SAFETY: `offset + size <= len`, so the pointer stays inside the translated range.
         unsafe { self.ptr.as_ptr().add(offset) }.cast()
     }

@@ -618,6 +618,7 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
     /// As [`add`](Self::add), but the device does not see the chain until [`publish`](Self::publish) (or
     /// [`kick_prepare`](Self::kick_prepare), which publishes first): the flags of the first pending head are
     /// withheld and stored last, with release, so a burst costs one publishing store.
+    #[inline]
     pub fn add_unpublished(
         &mut self,
         readable: &[Buffer],

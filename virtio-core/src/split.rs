@@ -590,6 +590,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
 
     /// As [`add`](Self::add), but the device does not see the chain until [`publish`](Self::publish) (or
     /// [`kick_prepare`](Self::kick_prepare), which publishes first): a burst of chains costs one `avail.idx` store.
+    #[inline]
     pub fn add_unpublished(
         &mut self,
         readable: &[Buffer],
