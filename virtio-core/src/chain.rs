@@ -111,6 +111,36 @@ impl Chain {
         }
     }
 
+    /// Makes this a chain of one buffer (a single direct descriptor), after checking that it lies in `memory` (the
+    /// only rule of [`ChainBuilder::push`] that can fail for one buffer; one descriptor never exceeds the count).
+    #[inline(always)]
+    pub(crate) fn set_single<M: RingMemory + ?Sized>(
+        &mut self,
+        memory: &M,
+        addr: DeviceAddr,
+        len: u32,
+        writable: bool,
+        token: UsedToken,
+    ) -> Result<()> {
+        self.segments.clear();
+        self.readable = 0;
+        self.readable_len = 0;
+        self.writable_len = 0;
+        if len != 0 && memory.translate(addr, len as usize).is_none() {
+            return Err(Error::BufferOutOfMemory { addr, len });
+        }
+        // Capacity is the queue size (at least 1), so this never reallocates.
+        self.segments.push(Segment { addr, len });
+        if writable {
+            self.writable_len = len;
+        } else {
+            self.readable = 1;
+            self.readable_len = len;
+        }
+        self.token = token;
+        Ok(())
+    }
+
     pub(crate) fn begin(&mut self) -> ChainBuilder<'_> {
         self.segments.clear();
         self.readable = 0;

@@ -236,25 +236,36 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
     #[inline(always)]
     fn read_chain(&self, head_flags: u16, chain: &mut Chain) -> Result<(u16, bool)> {
         let size = u32::from(self.size);
-        let mut builder = chain.begin();
         let (mut pos, mut wrap) = (self.next_avail, self.avail_wrap);
+        // One bounds check for the whole descriptor; each field is read once here. The head's flags were read
+        // (acquire) by the caller and are not taken from this load.
+        let (mut addr, mut len, mut id, _) =
+            self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
+        if head_flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
+            // One direct descriptor (the usual TX and RX chain): the checks of the general path below that can
+            // apply to it (the buffer id; the buffer lies in memory).
+            chain.set_single(
+                &self.memory,
+                DeviceAddr::new(addr),
+                len,
+                head_flags & DESC_F_WRITE != 0,
+                UsedToken { id, descriptors: 1 },
+            )?;
+            if id >= self.size {
+                return Err(Error::BufferIdOutOfRange {
+                    id,
+                    size: self.size,
+                });
+            }
+            advance(&mut pos, &mut wrap, 1, self.size);
+            return Ok((pos, wrap));
+        }
+        let mut builder = chain.begin();
         let mut slots: u16 = 0;
         let mut flags = head_flags;
+        builder.count(size)?;
         loop {
-            builder.count(size)?;
-            // One bounds check for the whole descriptor; each field is read once here. The head's flags were
-            // read (acquire) by the caller and are not taken from this second load.
-            let (addr, len, id, desc_flags) =
-                self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
-            let addr = DeviceAddr::new(addr);
-            if slots != 0 {
-                // Written before the head's flags, so visible after the acquire on them; checked anyway, since a
-                // driver that publishes a head before its tail is broken.
-                flags = desc_flags;
-                if !is_available(flags, wrap) {
-                    return Err(Error::PackedDescriptorNotAvailable { index: pos });
-                }
-            }
+            let buffer = DeviceAddr::new(addr);
             slots += 1;
             advance(&mut pos, &mut wrap, 1, self.size);
             if flags & DESC_F_INDIRECT != 0 {
@@ -264,9 +275,9 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
                 if slots != 1 || flags & DESC_F_NEXT != 0 {
                     return Err(Error::IndirectWithNext);
                 }
-                self.read_indirect(&mut builder, addr, len)?;
+                self.read_indirect(&mut builder, buffer, len)?;
             } else {
-                builder.push(&self.memory, addr, len, flags & DESC_F_WRITE != 0)?;
+                builder.push(&self.memory, buffer, len, flags & DESC_F_WRITE != 0)?;
             }
             if flags & DESC_F_NEXT == 0 || flags & DESC_F_INDIRECT != 0 {
                 // The buffer id is in the last descriptor of the chain (virtio 1.3 §2.8.6).
@@ -278,6 +289,15 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
                 }
                 builder.finish(id, slots);
                 return Ok((pos, wrap));
+            }
+            // The next descriptor, read once. Written before the head's flags, so visible after the acquire on
+            // them; its flags are checked anyway, since a driver that publishes a head before its tail is broken.
+            builder.count(size)?;
+            let next_flags;
+            (addr, len, id, next_flags) = self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
+            flags = next_flags;
+            if !is_available(flags, wrap) {
+                return Err(Error::PackedDescriptorNotAvailable { index: pos });
             }
         }
     }

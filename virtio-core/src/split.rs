@@ -246,17 +246,30 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
     #[inline(always)]
     fn read_chain(&self, head: u16, chain: &mut Chain) -> Result<()> {
         let size = u32::from(self.size);
+        if head >= self.size {
+            return Err(Error::DescriptorIndexOutOfRange {
+                index: u32::from(head),
+                size,
+            });
+        }
+        let mut desc = read_desc(&self.desc, head);
+        if desc.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
+            // One direct descriptor (the usual TX and RX chain): the checks of the general path below that can
+            // apply to a single buffer (count 1 <= size; the buffer lies in memory).
+            return chain.set_single(
+                &self.memory,
+                DeviceAddr::new(desc.addr),
+                desc.len,
+                desc.flags & DESC_F_WRITE != 0,
+                UsedToken {
+                    id: head,
+                    descriptors: 1,
+                },
+            );
+        }
         let mut builder = chain.begin();
-        let mut index = head;
         loop {
-            if index >= self.size {
-                return Err(Error::DescriptorIndexOutOfRange {
-                    index: u32::from(index),
-                    size,
-                });
-            }
             builder.count(size)?;
-            let desc = read_desc(&self.desc, index);
             if desc.flags & DESC_F_INDIRECT != 0 {
                 if !self.features.indirect {
                     return Err(Error::IndirectNotNegotiated);
@@ -276,7 +289,15 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
             if desc.flags & DESC_F_NEXT == 0 {
                 break;
             }
-            index = desc.next;
+            let index = desc.next;
+            if index >= self.size {
+                return Err(Error::DescriptorIndexOutOfRange {
+                    index: u32::from(index),
+                    size,
+                });
+            }
+            // Each descriptor is read once: the head above, the others here.
+            desc = read_desc(&self.desc, index);
         }
         builder.finish(head, 1);
         Ok(())

@@ -540,6 +540,15 @@ fn packed_pop_tail_not_available_refused() {
 }
 
 #[test]
+fn packed_pop_single_buffer_outside_memory_refused() {
+    let raw = RawPacked::new();
+    let addr = DeviceAddr::new(BASE + MEM as u64 - 8);
+    raw.desc(0, addr.raw(), 16, 0, AVAIL);
+    let mut device = raw.device(Features::empty());
+    expect_fault(&mut device, Error::BufferOutOfMemory { addr, len: 16 });
+}
+
+#[test]
 fn packed_pop_buffer_id_out_of_range_refused() {
     let raw = RawPacked::new();
     raw.desc(0, DATA, 16, SIZE, AVAIL);

@@ -310,3 +310,28 @@ fn pop_used_batch_reports_device_faults_like_pop_used() {
         );
     }
 }
+
+#[test]
+fn pop_single_buffer_after_longer_chain_resets_the_chain() {
+    for packed in [false, true] {
+        let mut p = setup(packed, false, false);
+        let mut chain = p.device.new_chain();
+        p.driver
+            .add(&[buf(0, 10), buf(1, 20)], &[buf(2, 30)], 0)
+            .unwrap();
+        p.driver.add(&[], &[buf(3, 40)], 1).unwrap();
+        p.driver.add(&[buf(4, 50)], &[], 2).unwrap();
+        assert!(p.device.pop_into(&mut chain).unwrap());
+        assert_eq!((chain.readable().len(), chain.writable().len()), (2, 1));
+        assert_eq!((chain.readable_len(), chain.writable_len()), (30, 30));
+        assert!(p.device.pop_into(&mut chain).unwrap());
+        assert_eq!((chain.readable().len(), chain.writable().len()), (0, 1));
+        assert_eq!((chain.readable_len(), chain.writable_len()), (0, 40));
+        assert_eq!(chain.writable()[0].addr(), buf(3, 40).addr);
+        assert_eq!(chain.token().descriptors(), 1);
+        assert!(p.device.pop_into(&mut chain).unwrap());
+        assert_eq!((chain.readable().len(), chain.writable().len()), (1, 0));
+        assert_eq!((chain.readable_len(), chain.writable_len()), (50, 0));
+        assert!(!p.device.pop_into(&mut chain).unwrap());
+    }
+}

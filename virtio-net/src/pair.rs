@@ -388,6 +388,7 @@ impl NetBackend for PairEnd {
         producer.push_slices(ring, header, frame)
     }
 
+    #[inline]
     fn recv(&mut self, pair: u16, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
         let i = usize::from(pair);
         match (self.rx.get(i), self.consumers.get_mut(i)) {
