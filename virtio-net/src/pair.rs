@@ -74,22 +74,27 @@ impl Ring {
     }
 
     /// `len` bytes of slot `index`, for reading a published frame.
+    #[inline(always)]
     fn slot(&self, index: usize, len: usize) -> Option<DeviceSlice<'_>> {
         let (memory, stride) = if len <= self.small_len {
             (&self.small, self.small_len)
         } else {
             (self.big.get()?, self.slot_len)
         };
-        let start = u64::try_from(index.checked_mul(stride)?).ok()?;
+        // A wrapped product (an index past the slots) names memory outside the area, which the translation refuses.
+        let start = index.wrapping_mul(stride) as u64;
         DeviceSlice::new(memory, DeviceAddr::new(start), len)
     }
 
     /// `len` bytes of slot `index`, for the producer to fill (allocating the big area on first need).
+    #[inline(always)]
     fn slot_mut(&self, index: usize, len: usize) -> Option<DeviceSlice<'_>> {
-        if len > self.small_len {
-            self.big
-                .get_or_init(|| slot_memory(self.slots.saturating_mul(self.slot_len)));
+        if len <= self.small_len {
+            let start = index.wrapping_mul(self.small_len) as u64;
+            return DeviceSlice::new(&self.small, DeviceAddr::new(start), len);
         }
+        self.big
+            .get_or_init(|| slot_memory(self.slots.saturating_mul(self.slot_len)));
         self.slot(index, len)
     }
 
