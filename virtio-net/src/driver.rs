@@ -576,6 +576,11 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         }
         let mut queued = 0;
         let mut error = None;
+        let small_area = DeviceSlice::new(
+            memory,
+            p.tx_small_base,
+            usize::from(p.tx.size()) * TX_SMALL_SLOT as usize,
+        );
         for frame in frames {
             if frame.len() > max_frame {
                 break;
@@ -591,7 +596,14 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 p.tx_base.raw() + u64::from(slot) * u64::from(p.tx_slot_len)
             };
             let addr = DeviceAddr::new(addr);
-            let Some(slice) = DeviceSlice::new(memory, addr, total) else {
+            // Small frames: a sub-slice of the small-buffer array translated once per call.
+            let slice = match small_area {
+                Some(area) if len <= TX_SMALL_SLOT => {
+                    area.subslice(usize::from(slot) * TX_SMALL_SLOT as usize, total)
+                }
+                _ => DeviceSlice::new(memory, addr, total),
+            };
+            let Some(slice) = slice else {
                 p.tx_free.push(slot);
                 error = Some(NetError::QueueNotActive(queue));
                 break;
