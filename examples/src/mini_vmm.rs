@@ -274,8 +274,48 @@ fn builder(net: &NetSpec, index: usize) -> virtio_net::device::NetDeviceBuilder 
 
 /// Delivers pending backend frames into the device's receive queues.
 type RxPump = Arc<dyn Fn(u16) + Send + Sync>;
-/// Reads a device's counters.
-type Stats = Box<dyn Fn() -> virtio_net::NetCounters>;
+/// Reads a device's counters; `None` if the device stayed locked (a stuck thread) for 2 s.
+type Stats = Box<dyn Fn() -> Option<virtio_net::NetCounters>>;
+
+/// Reads `device`'s counters through its lock, giving up after 2 s so that a VMM ended because it hung still reports.
+fn counters_of<T>(
+    device: &std::sync::Mutex<T>,
+    counters: impl Fn(&T) -> virtio_net::NetCounters,
+) -> Option<virtio_net::NetCounters> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match device.try_lock() {
+            Ok(d) => return Some(counters(&d)),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(counters(&p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+static SIGTERM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_sigterm(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    SIGTERM_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGTERM ends the VM as an error (exit status 2) after the usual report (device counters), so whoever stops a
+/// hung guest still learns what the device had done.
+fn end_on_sigterm(control: Arc<vmm_glue::VmControl>) -> Result<(), String> {
+    vmm_glue::vmm_sys_util::signal::register_signal_handler(libc::SIGTERM, note_sigterm)
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    std::thread::spawn(move || {
+        while !control.is_exiting() {
+            if SIGTERM_SEEN.load(std::sync::atomic::Ordering::Relaxed) {
+                control.request_exit(vmm_glue::ExitReason::Error("terminated by SIGTERM".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    Ok(())
+}
 
 /// Attaches one virtio-net device over `backend`; returns a function that moves received frames of a queue pair
 /// into the guest.
@@ -328,13 +368,7 @@ fn attach<B: NetBackend + Send + 'static>(
                 slot.index, slot.address, slot.gsi
             );
             let stats_of = shared.clone();
-            let stats: Stats = Box::new(move || {
-                stats_of
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .device()
-                    .counters()
-            });
+            let stats: Stats = Box::new(move || counters_of(&stats_of, |d| d.device().counters()));
             let pump: RxPump = Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(poll) = poll {
@@ -368,13 +402,7 @@ fn attach<B: NetBackend + Send + 'static>(
                 slot.device, slot.intx_gsi
             );
             let stats_of = shared.clone();
-            let stats: Stats = Box::new(move || {
-                stats_of
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .device()
-                    .counters()
-            });
+            let stats: Stats = Box::new(move || counters_of(&stats_of, |d| d.device().counters()));
             let pump: RxPump = Arc::new(move |pair| {
                 let mut d = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(poll) = poll {
@@ -466,9 +494,13 @@ fn run(opts: &Options) -> Result<vmm_glue::ExitReason, String> {
         stats.push(add_net(&mut vm, net, index)?);
     }
     boot::load(&mut vm, opts)?;
+    end_on_sigterm(vm.control().clone())?;
     let reason = vm.run().map_err(|e| format!("running the VM: {e}"))?;
     for (index, stats) in stats.iter().enumerate() {
-        let c = stats();
+        let Some(c) = stats() else {
+            eprintln!("mini-vmm: net{index}: device lock still held after 2 s (a thread is stuck inside the device)");
+            continue;
+        };
         eprintln!(
             "mini-vmm: net{index}: tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} drops={} queue_faults={}",
             c.tx_frames,

@@ -6,7 +6,7 @@
 #   bench: `BENCH vmm=V transport=T ring=R boot_s=B l2_to_l1_mbps=X l1_to_l2_mbps=Y` (or the FAIL line).
 # Ends with `VMM-L1-DONE` and powers off.
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
-CELLS=$(arg vmm_cells); MODE=$(arg vmm_mode); CELL_TIMEOUT=$(arg vmm_cell_timeout)
+CELLS=$(arg vmm_cells); MODE=$(arg vmm_mode); CELL_TIMEOUT=$(arg vmm_cell_timeout); SHOW=$(arg vmm_show)
 [ -n "$CELL_TIMEOUT" ] || CELL_TIMEOUT=300
 for m in irqbypass kvm ccp kvm-amd tun; do
   insmod /lib/modules/$m.ko || echo "VMM-L1: insmod $m failed"
@@ -42,6 +42,12 @@ run_qemu() { # T R CMDLINE [PROPS]
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off -device $DEV,netdev=n0 $G
 }
 
+# Ends a VMM that overran the cell timeout: SIGTERM first (mini-vmm then reports its device counters), then SIGKILL.
+stop_vmm() {
+  kill -TERM $PID 2>/dev/null; sleep 5; kill -9 $PID 2>/dev/null
+  echo "L2-RESULT FAIL cell timeout (${CELL_TIMEOUT} s)" >> $LOG
+}
+
 for C in $(echo "$CELLS" | tr ',' ' '); do
   V=${C%%:*}; TR=${C#*:}; T=${TR%%:*}; R=${TR#*:}
   LOG=/tmp/l2-$V-$T-$R.log
@@ -54,7 +60,9 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
     # QEMU without checksum/segmentation offloads: the feature set mini-vmm offers today.
     ( run_qemu $T $R "$CMD" $NOOFF ) < /dev/null > $LOG 2>&1 &
   else
-    mini-vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --cmdline "$CMD" --mem 256 --cpus 1 \
+    # Every 60 s mini-vmm prints each vCPU's exit count and RIP (shown with a failed cell: a hung L2 shows whether
+    # it still runs and where).
+    VMM_GLUE_DUMP_SECS=60 mini-vmm --kernel /l2/vmlinuz --initrd /l2/initrd.gz --cmdline "$CMD" --mem 256 --cpus 1 \
       --net tap=tap0,transport=$T,ring=$R$MINI_NET --console $LOG < /dev/null > $LOG.vmm 2>&1 &
   fi
   PID=$!
@@ -69,12 +77,12 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
     fi
     if [ -n "$TAP" ] && [ -n "$BOOT" ]; then break; fi
     if awk -v a=$T0 -v b=$(now) -v t=$CELL_TIMEOUT 'BEGIN { exit !(b - a > t) }'; then
-      kill -9 $PID; echo "L2-RESULT FAIL cell timeout (${CELL_TIMEOUT} s)" >> $LOG; break
+      stop_vmm; break
     fi
     usleep 50000
   done
   # Wait for the VMM, still bounded by the cell timeout.
-  ( sleep $CELL_TIMEOUT; kill -9 $PID 2>/dev/null ) & WD=$!
+  ( sleep $CELL_TIMEOUT; kill -0 $PID 2>/dev/null && stop_vmm ) & WD=$!
   wait $PID; RC=$?
   kill $WD 2>/dev/null
   CELL=$(awk -v a=$T0 -v b=$(now) 'BEGIN { printf "%.1f", b - a }')
@@ -95,6 +103,11 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
         echo "BENCH vmm=$V transport=$T ring=$R boot_s=$BOOT ${RES#PASS }"
       else
         echo "PASS vmm transport=$T ring=$R vmm=$V boot_s=$BOOT cell_s=$CELL ${RES#PASS }"
+      fi
+      if [ "$SHOW" = 1 ]; then
+        echo "--- L2 console ($V $T $R) ---"; cat $LOG
+        [ -e $LOG.vmm ] && { echo "--- VMM output ---"; cat $LOG.vmm; }
+        echo "--- end L2 console ---"
       fi ;;
     *)
       echo "FAIL vmm transport=$T ring=$R vmm=$V boot_s=$BOOT cell_s=$CELL ${RES#FAIL }"
