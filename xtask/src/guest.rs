@@ -276,8 +276,18 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
 /// Runs a VM (QEMU, the command given) until it exits or `timeout`; calls `on_line` for every console line. Returns the
 /// console log and whether it timed out.
 pub(crate) fn run_console(
+    qemu: Command,
+    timeout: Duration,
+    on_line: impl FnMut(&str),
+) -> Result<(String, bool), String> {
+    run_console_idle(qemu, timeout, None, on_line)
+}
+
+/// [`run_console`], also stopping the VM when its console stays silent for `idle` (a hung guest).
+pub(crate) fn run_console_idle(
     mut qemu: Command,
     timeout: Duration,
+    idle: Option<Duration>,
     mut on_line: impl FnMut(&str),
 ) -> Result<(String, bool), String> {
     qemu.stdin(Stdio::null())
@@ -312,11 +322,13 @@ pub(crate) fn run_console(
     }
     drop(tx);
     let deadline = Instant::now() + timeout;
+    let mut last_output = Instant::now();
     let mut log = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
+                last_output = Instant::now();
                 let line = line.trim_end_matches('\r').to_owned();
                 on_line(&line);
                 log.push_str(&line);
@@ -324,7 +336,8 @@ pub(crate) fn run_console(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
+                let silent = idle.is_some_and(|idle| last_output.elapsed() >= idle);
+                if Instant::now() >= deadline || silent {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Ok((log, true));

@@ -318,7 +318,10 @@ fn boot_l1(
     let mut in_dump = false;
     let mut done = false;
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    let (_, timed_out) = guest::run_console(qemu, limit, |line| {
+    // L1 prints a line per cell at least every cell timeout (plus the SIGTERM grace and its own slack); silence for
+    // longer means L1 itself hangs (seen once: L1 idle, its `/init` never woke up again).
+    let idle = Duration::from_secs(CELL_TIMEOUT_S + 150);
+    let (_, timed_out) = guest::run_console_idle(qemu, limit, Some(idle), |line| {
         let _ = writeln!(log, "{line}");
         if tail.len() >= 30 {
             tail.pop_front();
@@ -348,11 +351,17 @@ fn boot_l1(
     println!(
         "L1 ran {:.1} s{}, console in {}",
         start.elapsed().as_secs_f64(),
-        if timed_out { " (timed out)" } else { "" },
+        if timed_out {
+            " (stopped: over its time limit, or its console silent for too long)"
+        } else {
+            ""
+        },
         log_path.display()
     );
     let died = if timed_out {
-        Some(format!("L1 timed out after {limit:?}"))
+        Some(format!(
+            "L1 hung: over {limit:?} in all, or no console output for {idle:?}"
+        ))
     } else {
         (!done).then(|| {
             let lines: Vec<String> = tail.into_iter().collect();

@@ -81,8 +81,9 @@ for C in $(echo "$CELLS" | tr ',' ' '); do
     fi
     usleep 50000
   done
-  # Wait for the VMM, still bounded by the cell timeout.
-  ( sleep $CELL_TIMEOUT; kill -0 $PID 2>/dev/null && stop_vmm ) & WD=$!
+  # Wait for the VMM, still bounded by the cell timeout (counted from the VMM's start).
+  LEFT=$(awk -v a=$T0 -v b=$(now) -v t=$CELL_TIMEOUT 'BEGIN { l = int(t - (b - a)); print (l > 0 ? l : 0) }')
+  ( sleep $LEFT; kill -0 $PID 2>/dev/null && stop_vmm ) & WD=$!
   wait $PID; RC=$?
   kill $WD 2>/dev/null
   CELL=$(awk -v a=$T0 -v b=$(now) 'BEGIN { printf "%.1f", b - a }')
