@@ -118,6 +118,7 @@ struct Producer {
 
 impl Producer {
     /// The slot to fill next, if the ring has room (re-reading the consumer's index only if it looks full).
+    #[inline(always)]
     fn reserve(&mut self, ring: &Ring) -> Option<usize> {
         if self.tail.wrapping_sub(self.head_seen) >= ring.slots {
             // Acquire pairs with the consumer's release store of `head` after it copied the slot out: the slot
@@ -131,6 +132,7 @@ impl Producer {
     }
 
     /// Publishes the reserved slot holding `len` bytes.
+    #[inline(always)]
     fn commit(&mut self, ring: &Ring, len: usize) {
         if let Some(l) = ring.lens.get(self.slot) {
             l.store(u32::try_from(len).unwrap_or(u32::MAX), Ordering::Relaxed);
@@ -165,6 +167,32 @@ impl Producer {
         Ok(SendStatus::Sent)
     }
 
+    /// [`push_slices`](Self::push_slices) of a frame in one piece that fits a small slot (the usual TX frame):
+    /// the same checks and copies without the general loops; anything else takes the general path.
+    #[inline(always)]
+    fn push_one(
+        &mut self,
+        ring: &Ring,
+        header: &[u8],
+        piece: &DeviceSlice<'_>,
+    ) -> Result<SendStatus, BackendError> {
+        let len = header.len() + piece.len();
+        if len > ring.small_len {
+            return self.push_slices(ring, header, core::slice::from_ref(piece));
+        }
+        let Some(index) = self.reserve(ring) else {
+            return Ok(SendStatus::WouldBlock);
+        };
+        let start = index.wrapping_mul(ring.small_len) as u64;
+        let dst = DeviceSlice::new(&ring.small, DeviceAddr::new(start), len)
+            .ok_or(BackendError::Unsupported)?;
+        let at = dst.write_at(0, header);
+        dst.copy_from(at, piece);
+        self.commit(ring, len);
+        Ok(SendStatus::Sent)
+    }
+
+    #[inline(never)]
     fn push_slices(
         &mut self,
         ring: &Ring,
@@ -356,6 +384,7 @@ impl PairEnd {
         self.rx.get(usize::from(pair)).map_or(0, Ring::pending)
     }
 
+    #[inline]
     fn producer(&mut self, pair: u16) -> Result<(&Ring, &mut Producer), BackendError> {
         let i = usize::from(pair);
         match (self.tx.get(i), self.producers.get_mut(i)) {
@@ -383,6 +412,7 @@ impl NetBackend for PairEnd {
         true
     }
 
+    #[inline(always)]
     fn send_slices(
         &mut self,
         pair: u16,
@@ -390,7 +420,10 @@ impl NetBackend for PairEnd {
         frame: &[DeviceSlice<'_>],
     ) -> Result<SendStatus, BackendError> {
         let (ring, producer) = self.producer(pair)?;
-        producer.push_slices(ring, header, frame)
+        match frame {
+            [piece] => producer.push_one(ring, header, piece),
+            _ => producer.push_slices(ring, header, frame),
+        }
     }
 
     #[inline]
@@ -491,6 +524,36 @@ mod tests {
             a.send_slices(1, b"", &parts),
             Err(BackendError::Unsupported)
         );
+    }
+
+    #[test]
+    fn pair_send_slices_one_piece_small_big_and_full() {
+        let (mut a, mut b) = PairEnd::pair(PairConfig::new().slots(2).vnet_header_len(2));
+        let mem = HeapMemory::new(DeviceAddr::new(0x1000), 8192).unwrap();
+        let all = DeviceSlice::new(&mem, DeviceAddr::new(0x1000), 4000).unwrap();
+        let bytes: Vec<u8> = (0..4000).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        all.write_at(0, &bytes);
+        // One small piece (the fast path), then one piece past the small slot (the big area).
+        let small = all.subslice(0, 64).unwrap();
+        let big = all.subslice(0, 3000).unwrap();
+        assert_eq!(a.send_slices(0, b"hh", &[small]).unwrap(), SendStatus::Sent);
+        assert_eq!(a.send_slices(0, b"hh", &[big]).unwrap(), SendStatus::Sent);
+        assert_eq!(
+            a.send_slices(0, b"hh", &[small]).unwrap(),
+            SendStatus::WouldBlock
+        );
+        let mut buf = std::vec![0u8; 4096];
+        assert_eq!(b.recv(0, &mut buf).unwrap(), Some(66));
+        assert_eq!(buf.get(..2), Some(&b"hh"[..]));
+        assert_eq!(buf.get(2..66), bytes.get(..64));
+        assert_eq!(b.recv(0, &mut buf).unwrap(), Some(3002));
+        assert_eq!(buf.get(2..3002), bytes.get(..3000));
+        let huge = HeapMemory::new(DeviceAddr::new(0), crate::MAX_FRAME_LEN + 1).unwrap();
+        let whole = DeviceSlice::new(&huge, DeviceAddr::new(0), crate::MAX_FRAME_LEN + 1).unwrap();
+        assert!(matches!(
+            b.send_slices(0, b"hh", &[whole]),
+            Err(BackendError::TooLarge { .. })
+        ));
     }
 
     #[test]
