@@ -22,7 +22,7 @@
 //! | sender builds the frame | `send_burst` copies header + frame into the driver's 2 KiB TX slot | same | txonly writes the packet headers into an mbuf from a template; the virtio-net header is pushed into the mbuf headroom |
 //! | ring (sender) | one descriptor, avail entry, `avail.idx` store per frame (split) / descriptor + flags per frame (packed); one notification decision per burst of 32; lazy reclaim of used slots | same | one descriptor per packet, avail entries per packet, `avail.idx` once per burst (split); flags per descriptor (packed); reclaim when the free count falls below a threshold |
 //! | ring (receiver) | pop chain (validated, DESIGN §5), used elements of a burst published with one `used.idx` store (split) / one head-flags store (packed) | same | pop a burst of up to 32 after one `avail.idx` read; shadow used ring flushed once per burst |
-//! | payload | header read + **one copy** from the driver's buffer into a `Pair` slot (`NetBackend::send_slices`), then **a second copy** out of the slot by the consumer (`PairEnd::recv`, same thread) | **one copy** into the sink's buffer | **one copy** into an mbuf, freed in bulk by rxonly |
+//! | payload | header read + **one copy** from the driver's buffer into a `Pair` slot (`NetBackend::send_slices`), then **a second copy** out of the slot by the consumer (`PairEnd::recv_burst`, same thread) | **one copy** into the sink's buffer | **one copy** into an mbuf, freed in bulk by rxonly |
 //! | hand-off | lock-free SPSC ring of the `Pair` | none | none |
 //!
 //! So `net-pps-sink` is the like-for-like comparison with testpmd; `net-pps` does one more copy and the `Pair`.
@@ -207,10 +207,12 @@ fn main() {
                     let mut frames = 0u64;
                     let mut bytes = 0u64;
                     run_ours(packed, len, params.seconds, pinned, a, move |c| {
-                        while let Ok(Some(n)) = b.recv(0, &mut buf) {
-                            frames += 1;
-                            bytes += (n - VNET_HDR) as u64;
-                        }
+                        let _ = b.recv_burst(0, &mut buf, usize::MAX, |frame| {
+                            if let Ok(frame) = frame {
+                                frames += 1;
+                                bytes += (frame.len() - VNET_HDR) as u64;
+                            }
+                        });
                         c.frames = frames;
                         c.bytes = bytes;
                     })
@@ -738,9 +740,7 @@ fn cg_drain(end: &mut PairEnd, buf: &mut [u8]) -> u64 {
 
 fn drain_pair(end: &mut PairEnd, buf: &mut [u8]) -> u64 {
     let mut n = 0;
-    while let Ok(Some(_)) = end.recv(0, buf) {
-        n += 1;
-    }
+    let _ = end.recv_burst(0, buf, usize::MAX, |frame| n += u64::from(frame.is_ok()));
     n
 }
 
