@@ -129,16 +129,33 @@ impl Chain {
         if len != 0 && memory.translate(addr, len as usize).is_none() {
             return Err(Error::BufferOutOfMemory { addr, len });
         }
+        self.fill_single(addr, len, writable, token);
+        Ok(())
+    }
+
+    /// Makes this a chain of one buffer that the caller has already checked to lie in memory (by translating it:
+    /// see the queues' `pop_buffer`).
+    #[inline(always)]
+    pub(crate) fn fill_single(
+        &mut self,
+        addr: DeviceAddr,
+        len: u32,
+        writable: bool,
+        token: UsedToken,
+    ) {
+        self.segments.clear();
         // Capacity is the queue size (at least 1), so this never reallocates.
         self.segments.push(Segment { addr, len });
         if writable {
+            self.readable = 0;
+            self.readable_len = 0;
             self.writable_len = len;
         } else {
             self.readable = 1;
             self.readable_len = len;
+            self.writable_len = 0;
         }
         self.token = token;
-        Ok(())
     }
 
     pub(crate) fn begin(&mut self) -> ChainBuilder<'_> {

@@ -17,7 +17,7 @@ use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{
     need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken,
 };
-use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
+use crate::ring::{peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, Used};
 use crate::spec::ring::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
     PACKED_EVENT_FLAG_DESC, PACKED_EVENT_FLAG_DISABLE, PACKED_EVENT_FLAG_ENABLE,
@@ -218,6 +218,64 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         }
     }
 
+    /// As [`pop_into`](Self::pop_into), and for a chain of one direct descriptor also its buffer, translated (see
+    /// [`DeviceQueue::pop_buffer`](crate::DeviceQueue::pop_buffer)).
+    #[inline(always)]
+    pub fn pop_buffer(&mut self, chain: &mut Chain) -> Result<Popped<'_>> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        // Acquire: as in `pop_into`.
+        let head_flags = self.flags_at(self.next_avail, Ordering::Acquire);
+        if !is_available(head_flags, self.avail_wrap) {
+            return Ok(Popped::Empty);
+        }
+        // Each field read once; the head's flags are the acquire load above.
+        let (addr, len, id, _) = self
+            .desc
+            .load_descriptor(usize::from(self.next_avail) * DESC_SIZE);
+        if head_flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
+            return match self.read_chain_from(head_flags, (addr, len, id), chain) {
+                Ok((pos, wrap)) => {
+                    self.next_avail = pos;
+                    self.avail_wrap = wrap;
+                    Ok(Popped::Chain)
+                }
+                Err(e) => self.fault(e),
+            };
+        }
+        // One direct descriptor: the checks of `read_chain`'s fast path, in its order (the buffer lies in memory,
+        // then the buffer id), with the translation kept for the caller.
+        let buffer_addr = DeviceAddr::new(addr);
+        let Some(buffer) = DeviceSlice::new(&self.memory, buffer_addr, len as usize) else {
+            return Err(peer_fault(
+                &mut self.broken,
+                Error::BufferOutOfMemory {
+                    addr: buffer_addr,
+                    len,
+                },
+            ));
+        };
+        if id >= self.size {
+            return Err(peer_fault(
+                &mut self.broken,
+                Error::BufferIdOutOfRange {
+                    id,
+                    size: self.size,
+                },
+            ));
+        }
+        let writable = head_flags & DESC_F_WRITE != 0;
+        let token = UsedToken { id, descriptors: 1 };
+        chain.fill_single(buffer_addr, len, writable, token);
+        advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
+        Ok(Popped::Single {
+            buffer,
+            writable,
+            token,
+        })
+    }
+
     /// Pops the next available chain into the queue's own scratch chain.
     pub fn pop(&mut self) -> Result<Option<ChainRef<'_, M>>> {
         let mut scratch = core::mem::replace(&mut self.scratch, Chain::with_capacity(0));
@@ -235,12 +293,10 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
 
     #[inline(always)]
     fn read_chain(&self, head_flags: u16, chain: &mut Chain) -> Result<(u16, bool)> {
-        let size = u32::from(self.size);
         let (mut pos, mut wrap) = (self.next_avail, self.avail_wrap);
         // One bounds check for the whole descriptor; each field is read once here. The head's flags were read
         // (acquire) by the caller and are not taken from this load.
-        let (mut addr, mut len, mut id, _) =
-            self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
+        let (addr, len, id, _) = self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
         if head_flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
             // One direct descriptor (the usual TX and RX chain): the checks of the general path below that can
             // apply to it (the buffer id; the buffer lies in memory).
@@ -260,6 +316,20 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             advance(&mut pos, &mut wrap, 1, self.size);
             return Ok((pos, wrap));
         }
+        self.read_chain_from(head_flags, (addr, len, id), chain)
+    }
+
+    /// The general path of [`read_chain`](Self::read_chain), from the head descriptor's fields (address, length,
+    /// id; its flags `head_flags`) already read.
+    #[inline(always)]
+    fn read_chain_from(
+        &self,
+        head_flags: u16,
+        (mut addr, mut len, mut id): (u64, u32, u16),
+        chain: &mut Chain,
+    ) -> Result<(u16, bool)> {
+        let size = u32::from(self.size);
+        let (mut pos, mut wrap) = (self.next_avail, self.avail_wrap);
         let mut builder = chain.begin();
         let mut slots: u16 = 0;
         let mut flags = head_flags;

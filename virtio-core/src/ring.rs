@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use crate::chain::{Chain, ChainRef};
 use crate::error::{Error, Result, RingArea};
-use crate::memory::{DeviceAddr, RingMemory, RingRegion};
+use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::packed::{PackedDeviceQueue, PackedDriverQueue};
 use crate::queue::{NotificationData, QueueConfig, RingFeatures, UsedToken};
 use crate::spec::Features;
@@ -241,6 +241,35 @@ impl InOrderTracker {
     }
 }
 
+/// What [`DeviceQueue::pop_buffer`] found.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Popped<'m> {
+    /// Nothing is available.
+    Empty,
+    /// A chain was popped into the caller's [`Chain`].
+    Chain,
+    /// A chain of one direct descriptor was popped into the caller's [`Chain`]; here is its buffer, already
+    /// translated (the check that it lies in memory), so the caller need not translate it again.
+    Single {
+        /// The buffer's bytes (peer memory: copy them out once).
+        buffer: DeviceSlice<'m>,
+        /// Whether the descriptor is device-writable.
+        writable: bool,
+        /// What to pass to `add_used` (the chain's [`Chain::token`]).
+        token: UsedToken,
+    },
+}
+
+/// Marks a queue broken on a peer fault (see [`Error::is_peer_fault`]) and returns the error.
+#[inline]
+pub(crate) fn peer_fault(broken: &mut bool, error: Error) -> Error {
+    if error.is_peer_fault() {
+        *broken = true;
+    }
+    error
+}
+
 macro_rules! dispatch {
     ($self:expr, $q:ident => $body:expr) => {
         match $self {
@@ -274,6 +303,14 @@ impl<M: RingMemory> DeviceQueue<M> {
     #[inline]
     pub fn pop_into(&mut self, chain: &mut Chain) -> Result<bool> {
         dispatch!(self, q => q.pop_into(chain))
+    }
+
+    /// As [`pop_into`](Self::pop_into) (the same checks, each shared field read once), and when the chain is a
+    /// single direct descriptor (the usual TX and RX chain) also returns its buffer already translated, with its
+    /// token: the caller can use it without reading the chain back or translating the buffer again.
+    #[inline]
+    pub fn pop_buffer(&mut self, chain: &mut Chain) -> Result<Popped<'_>> {
+        dispatch!(self, q => q.pop_buffer(chain))
     }
 
     /// Pops the next available chain into the queue's scratch chain.

@@ -13,7 +13,7 @@ use crate::chain::{Chain, ChainRef};
 use crate::error::{Error, Result, RingArea};
 use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{need_event, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
-use crate::ring::{Buffer, InOrderBatch, InOrderTracker, IndirectPool, Used};
+use crate::ring::{peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, Used};
 use crate::spec::ring::{
     AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY,
 };
@@ -228,6 +228,61 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         Ok(true)
     }
 
+    /// As [`pop_into`](Self::pop_into), and for a chain of one direct descriptor also its buffer, translated (see
+    /// [`DeviceQueue::pop_buffer`](crate::DeviceQueue::pop_buffer)).
+    #[inline(always)]
+    pub fn pop_buffer(&mut self, chain: &mut Chain) -> Result<Popped<'_>> {
+        if self.broken {
+            return Err(Error::QueueBroken);
+        }
+        if self.next_avail == self.shadow_avail && self.refresh_avail()? == 0 {
+            return Ok(Popped::Empty);
+        }
+        let slot = usize::from(self.next_avail & (self.size - 1));
+        let head = self.avail.load_u16(4 + 2 * slot, Ordering::Relaxed);
+        if head >= self.size {
+            return self.fault(Error::DescriptorIndexOutOfRange {
+                index: u32::from(head),
+                size: u32::from(self.size),
+            });
+        }
+        let desc = read_desc(&self.desc, head);
+        let popped = if desc.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
+            // One direct descriptor: what `read_chain`'s fast path checks (the buffer lies in memory), with the
+            // translation kept for the caller.
+            let (addr, len) = (DeviceAddr::new(desc.addr), desc.len);
+            let writable = desc.flags & DESC_F_WRITE != 0;
+            let Some(buffer) = DeviceSlice::new(&self.memory, addr, len as usize) else {
+                return Err(peer_fault(
+                    &mut self.broken,
+                    Error::BufferOutOfMemory { addr, len },
+                ));
+            };
+            let token = UsedToken {
+                id: head,
+                descriptors: 1,
+            };
+            chain.fill_single(addr, len, writable, token);
+            Popped::Single {
+                buffer,
+                writable,
+                token,
+            }
+        } else {
+            if let Err(e) = self.read_chain_from(head, desc, chain) {
+                return self.fault(e);
+            }
+            Popped::Chain
+        };
+        self.next_avail = self.next_avail.wrapping_add(1);
+        if self.features.event_idx && self.notifications {
+            // As in `pop_into`.
+            let off = 4 + 8 * usize::from(self.size);
+            self.used.store_u16(off, self.next_avail, Ordering::Relaxed);
+        }
+        Ok(popped)
+    }
+
     /// Pops the next available chain into the queue's own scratch chain.
     pub fn pop(&mut self) -> Result<Option<ChainRef<'_, M>>> {
         let mut scratch = core::mem::replace(&mut self.scratch, Chain::with_capacity(0));
@@ -252,7 +307,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
                 size,
             });
         }
-        let mut desc = read_desc(&self.desc, head);
+        let desc = read_desc(&self.desc, head);
         if desc.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
             // One direct descriptor (the usual TX and RX chain): the checks of the general path below that can
             // apply to a single buffer (count 1 <= size; the buffer lies in memory).
@@ -267,6 +322,14 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
                 },
             );
         }
+        self.read_chain_from(head, desc, chain)
+    }
+
+    /// The general path of [`read_chain`](Self::read_chain), from the head descriptor `desc` (index `head`, checked
+    /// `< size`) already read.
+    #[inline(always)]
+    fn read_chain_from(&self, head: u16, mut desc: Desc, chain: &mut Chain) -> Result<()> {
+        let size = u32::from(self.size);
         let mut builder = chain.begin();
         loop {
             builder.count(size)?;

@@ -106,11 +106,26 @@ fn expect_fault(device: &mut DeviceQueue<Arc<HeapMemory>>, want: Error) {
     );
 }
 
+/// [`expect_fault`] through `pop_into` on one queue and through `pop_buffer` on a second one activated over the same
+/// ring (the first refused the chain without changing the ring).
+fn expect_fault_both(make: impl Fn() -> DeviceQueue<Arc<HeapMemory>>, want: Error) {
+    expect_fault(&mut make(), want);
+    let mut device = make();
+    let mut chain = device.new_chain();
+    let got = device.pop_buffer(&mut chain).unwrap_err();
+    assert_eq!(got, want, "pop_buffer");
+    assert!(device.is_broken());
+    assert_eq!(
+        device.pop_buffer(&mut chain).unwrap_err(),
+        Error::QueueBroken,
+        "pop_buffer refuses work until reset"
+    );
+}
+
 fn split_fault(features: Features, build: impl FnOnce(&mut RawSplit), want: Error) {
     let mut raw = RawSplit::new();
     build(&mut raw);
-    let mut device = raw.device(features);
-    expect_fault(&mut device, want);
+    expect_fault_both(|| raw.device(features), want);
 }
 
 // ----- configuration rules -----
@@ -216,9 +231,8 @@ fn activate_area_outside_memory_refused() {
 fn pop_avail_idx_jump_refused() {
     let raw = RawSplit::new();
     raw.set_avail_idx(SIZE + 1);
-    let mut device = raw.device(Features::empty());
-    expect_fault(
-        &mut device,
+    expect_fault_both(
+        || raw.device(Features::empty()),
         Error::AvailIndexJump {
             avail_idx: SIZE + 1,
             last_avail: 0,
@@ -360,8 +374,10 @@ fn pop_total_length_overflow_refused() {
     }
     raw.desc(3, 0x10000, 0x7fff_0000, 0, 0);
     raw.publish(0);
-    let mut device = DeviceQueue::activate(&config, Features::VERSION_1, memory).unwrap();
-    expect_fault(&mut device, Error::ChainLengthOverflow);
+    expect_fault_both(
+        || DeviceQueue::activate(&config, Features::VERSION_1, memory.clone()).unwrap(),
+        Error::ChainLengthOverflow,
+    );
 }
 
 #[test]
@@ -532,9 +548,8 @@ fn packed_pop_tail_not_available_refused() {
     let raw = RawPacked::new();
     raw.desc(1, DATA + 16, 16, 0, 0);
     raw.desc(0, DATA, 16, 0, AVAIL | DESC_F_NEXT);
-    let mut device = raw.device(Features::empty());
-    expect_fault(
-        &mut device,
+    expect_fault_both(
+        || raw.device(Features::empty()),
         Error::PackedDescriptorNotAvailable { index: 1 },
     );
 }
@@ -544,17 +559,18 @@ fn packed_pop_single_buffer_outside_memory_refused() {
     let raw = RawPacked::new();
     let addr = DeviceAddr::new(BASE + MEM as u64 - 8);
     raw.desc(0, addr.raw(), 16, 0, AVAIL);
-    let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::BufferOutOfMemory { addr, len: 16 });
+    expect_fault_both(
+        || raw.device(Features::empty()),
+        Error::BufferOutOfMemory { addr, len: 16 },
+    );
 }
 
 #[test]
 fn packed_pop_buffer_id_out_of_range_refused() {
     let raw = RawPacked::new();
     raw.desc(0, DATA, 16, SIZE, AVAIL);
-    let mut device = raw.device(Features::empty());
-    expect_fault(
-        &mut device,
+    expect_fault_both(
+        || raw.device(Features::empty()),
         Error::BufferIdOutOfRange {
             id: SIZE,
             size: SIZE,
@@ -587,16 +603,20 @@ fn packed_pop_indirect_not_alone_refused() {
     let raw = RawPacked::new();
     raw.desc(1, DATA + 0x100, 32, 0, AVAIL | DESC_F_INDIRECT);
     raw.desc(0, DATA, 16, 0, AVAIL | DESC_F_NEXT);
-    let mut device = raw.device(Features::INDIRECT_DESC);
-    expect_fault(&mut device, Error::IndirectWithNext);
+    expect_fault_both(
+        || raw.device(Features::INDIRECT_DESC),
+        Error::IndirectWithNext,
+    );
 }
 
 #[test]
 fn packed_pop_indirect_not_negotiated_refused() {
     let raw = RawPacked::new();
     raw.desc(0, DATA, 32, 0, AVAIL | DESC_F_INDIRECT);
-    let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::IndirectNotNegotiated);
+    expect_fault_both(
+        || raw.device(Features::empty()),
+        Error::IndirectNotNegotiated,
+    );
 }
 
 #[test]
@@ -610,8 +630,10 @@ fn packed_pop_nested_indirect_refused() {
         .unwrap()
         .write_at(0, &entry);
     raw.desc(0, DATA + 0x100, 16, 0, AVAIL | DESC_F_INDIRECT);
-    let mut device = raw.device(Features::INDIRECT_DESC);
-    expect_fault(&mut device, Error::NestedIndirect);
+    expect_fault_both(
+        || raw.device(Features::INDIRECT_DESC),
+        Error::NestedIndirect,
+    );
 }
 
 #[test]
@@ -619,8 +641,10 @@ fn packed_pop_readable_after_writable_refused() {
     let raw = RawPacked::new();
     raw.desc(1, DATA + 16, 16, 0, AVAIL);
     raw.desc(0, DATA, 16, 0, AVAIL | DESC_F_NEXT | DESC_F_WRITE);
-    let mut device = raw.device(Features::empty());
-    expect_fault(&mut device, Error::ReadableAfterWritable);
+    expect_fault_both(
+        || raw.device(Features::empty()),
+        Error::ReadableAfterWritable,
+    );
 }
 
 #[test]

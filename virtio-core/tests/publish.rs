@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use virtio_core::{
     Buffer, DeviceAddr, DeviceQueue, DeviceSlice, DriverQueue, Error, Features, HeapMemory,
-    InOrderBatch, QueueConfig, RingFormat, RingLayout, Used, UsedToken,
+    InOrderBatch, Popped, QueueConfig, RingFormat, RingLayout, Used, UsedToken,
 };
 
 const BASE: u64 = 0x10000;
@@ -333,5 +333,79 @@ fn pop_single_buffer_after_longer_chain_resets_the_chain() {
         assert_eq!((chain.readable().len(), chain.writable().len()), (1, 0));
         assert_eq!((chain.readable_len(), chain.writable_len()), (50, 0));
         assert!(!p.device.pop_into(&mut chain).unwrap());
+    }
+}
+
+#[test]
+fn pop_buffer_matches_pop_into_and_hands_single_buffers_translated() {
+    for (packed, in_order, indirect) in all_cases() {
+        let mut a = setup(packed, in_order, indirect);
+        let mut b = setup(packed, in_order, indirect);
+        for p in [&mut a, &mut b] {
+            add_mixed(p, 0..9);
+            p.driver.publish();
+            // Distinct bytes in each buffer, to check the translated slices.
+            for i in 0..9u64 {
+                let b0 = buf(i, 60);
+                DeviceSlice::new(&*p.memory, b0.addr, 60)
+                    .unwrap()
+                    .write_at(0, &[i as u8; 60]);
+            }
+        }
+        let (mut ca, mut cb) = (a.device.new_chain(), b.device.new_chain());
+        let mut singles = 0;
+        loop {
+            let got = a.device.pop_into(&mut ca).unwrap();
+            let popped = b.device.pop_buffer(&mut cb).unwrap();
+            match popped {
+                Popped::Empty => {
+                    assert!(!got);
+                    break;
+                }
+                Popped::Chain => {
+                    assert!(got);
+                    assert!(ca.readable().len() + ca.writable().len() > 1);
+                }
+                Popped::Single {
+                    buffer,
+                    writable,
+                    token,
+                } => {
+                    assert!(got);
+                    singles += 1;
+                    assert_eq!(token, ca.token());
+                    let seg = if writable {
+                        assert!(ca.readable().is_empty());
+                        ca.writable()[0]
+                    } else {
+                        assert!(ca.writable().is_empty());
+                        ca.readable()[0]
+                    };
+                    assert_eq!(buffer.len(), seg.len() as usize);
+                    let mut bytes = vec![0u8; buffer.len()];
+                    buffer.read_at(0, &mut bytes);
+                    let mut want = vec![0u8; buffer.len()];
+                    seg.slice(&*b.memory).unwrap().read_at(0, &mut want);
+                    assert_eq!(bytes, want);
+                    // The bytes of the buffer the driver offered (`buf(i, _)` holds `i`).
+                    let i = (seg.addr().raw() - DATA) / 0x100;
+                    assert_eq!(bytes[0], i as u8);
+                }
+                _ => panic!("unexpected {popped:?}"),
+            }
+            assert!(!got || !matches!(popped, Popped::Empty));
+            assert_eq!(ca.token(), cb.token());
+            assert_eq!(ca.readable(), cb.readable());
+            assert_eq!(ca.writable(), cb.writable());
+            assert_eq!(
+                (ca.readable_len(), ca.writable_len()),
+                (cb.readable_len(), cb.writable_len())
+            );
+        }
+        // Readable and writable single buffers: 6 of the 9 chains (3 are three-buffer chains).
+        assert_eq!(
+            singles, 6,
+            "packed {packed} in_order {in_order} indirect {indirect}"
+        );
     }
 }

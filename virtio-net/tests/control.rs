@@ -233,8 +233,10 @@ fn bad_tx_and_rx_chains_are_counted_and_other_queues_keep_working() {
     )
     .unwrap();
     let hdr = [0u8; 12];
-    // TX: a writable buffer, a short header, an oversize frame, then a good frame.
+    // TX: a writable buffer (after readable ones, then alone), a short header, an oversize frame, then a good
+    // frame.
     tx.add(&[&hdr, b"abc"], &[16]).unwrap();
+    tx.add(&[], &[16]).unwrap();
     tx.add(&[&hdr[..5]], &[]).unwrap();
     let big = vec![0u8; virtio_net::MAX_FRAME_LEN + 13];
     tx.add(&[&big], &[]).unwrap();
@@ -249,11 +251,11 @@ fn bad_tx_and_rx_chains_are_counted_and_other_queues_keep_working() {
         })
     );
     let c = net.counters();
-    assert_eq!(c.drops(DropReason::TxChainWritable), 1);
+    assert_eq!(c.drops(DropReason::TxChainWritable), 2);
     assert_eq!(c.drops(DropReason::HeaderTooShort), 1);
     assert_eq!(c.drops(DropReason::FrameTooLarge), 1);
     assert_eq!(c.tx_frames, 1);
-    for _ in 0..4 {
+    for _ in 0..5 {
         assert_eq!(tx.pop_used().unwrap().unwrap().len, 0);
     }
     // RX: a chain with no writable buffer is returned unused; the next one gets the frame.
