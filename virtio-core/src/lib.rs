@@ -82,4 +82,6 @@ pub use status::{select_features, Negotiation, StatusChange};
 #[cfg(feature = "alloc")]
 pub use chain::{Chain, ChainReader, ChainRef, ChainWriter, Segment};
 #[cfg(feature = "alloc")]
-pub use ring::{Buffer, DeviceQueue, DriverQueue, InOrderBatch, IndirectPool, Popped, Used};
+pub use ring::{
+    Buffer, DeviceQueue, DriverQueue, InOrderBatch, IndirectPool, Popped, SingleBuffer, Used,
+};

@@ -17,7 +17,9 @@ use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{
     need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken,
 };
-use crate::ring::{peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, Used};
+use crate::ring::{
+    peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, SingleBuffer, Used,
+};
 use crate::spec::ring::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
     PACKED_EVENT_FLAG_DESC, PACKED_EVENT_FLAG_DISABLE, PACKED_EVENT_FLAG_ENABLE,
@@ -245,7 +247,7 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             };
         }
         // One direct descriptor: the checks of `read_chain`'s fast path, in its order (the buffer lies in memory,
-        // then the buffer id), with the translation kept for the caller.
+        // then the buffer id), with the translation kept for the caller and no chain built.
         let buffer_addr = DeviceAddr::new(addr);
         let Some(buffer) = DeviceSlice::new(&self.memory, buffer_addr, len as usize) else {
             return Err(peer_fault(
@@ -267,13 +269,13 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         }
         let writable = head_flags & DESC_F_WRITE != 0;
         let token = UsedToken { id, descriptors: 1 };
-        chain.fill_single(buffer_addr, len, writable, token);
         advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
-        Ok(Popped::Single {
+        Ok(Popped::Single(SingleBuffer::new(
             buffer,
+            buffer_addr,
             writable,
             token,
-        })
+        )))
     }
 
     /// Pops the next available chain into the queue's own scratch chain.

@@ -249,16 +249,63 @@ pub enum Popped<'m> {
     Empty,
     /// A chain was popped into the caller's [`Chain`].
     Chain,
-    /// A chain of one direct descriptor was popped into the caller's [`Chain`]; here is its buffer, already
-    /// translated (the check that it lies in memory), so the caller need not translate it again.
-    Single {
-        /// The buffer's bytes (peer memory: copy them out once).
+    /// A chain of one direct descriptor was popped; the caller's [`Chain`] was left as it was (see
+    /// [`SingleBuffer::to_chain`]).
+    Single(SingleBuffer<'m>),
+}
+
+/// A popped chain of one direct descriptor (the usual TX and RX chain), validated like any chain, with its buffer
+/// already translated so that the caller need not translate it again.
+#[derive(Debug, Clone, Copy)]
+pub struct SingleBuffer<'m> {
+    buffer: DeviceSlice<'m>,
+    addr: DeviceAddr,
+    writable: bool,
+    token: UsedToken,
+}
+
+impl<'m> SingleBuffer<'m> {
+    #[inline(always)]
+    pub(crate) fn new(
         buffer: DeviceSlice<'m>,
-        /// Whether the descriptor is device-writable.
+        addr: DeviceAddr,
         writable: bool,
-        /// What to pass to `add_used` (the chain's [`Chain::token`]).
         token: UsedToken,
-    },
+    ) -> Self {
+        Self {
+            buffer,
+            addr,
+            writable,
+            token,
+        }
+    }
+
+    /// The buffer's bytes (peer memory: copy them out once).
+    #[inline]
+    pub fn buffer(&self) -> DeviceSlice<'m> {
+        self.buffer
+    }
+
+    /// Whether the descriptor is device-writable.
+    #[inline]
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// What to pass to `add_used`.
+    #[inline]
+    pub fn token(&self) -> UsedToken {
+        self.token
+    }
+
+    /// Makes `chain` this one-buffer chain, as [`DeviceQueue::pop_into`] would have (to handle it with code made
+    /// for chains, or to keep it for later).
+    #[inline]
+    pub fn to_chain(&self, chain: &mut Chain) {
+        // `u32` by construction: the descriptor's length field.
+        let len = u32::try_from(self.buffer.len()).unwrap_or(u32::MAX);
+        chain.fill_single(self.addr, len, self.writable, self.token);
+    }
 }
 
 /// Marks a queue broken on a peer fault (see [`Error::is_peer_fault`]) and returns the error.
@@ -305,9 +352,10 @@ impl<M: RingMemory> DeviceQueue<M> {
         dispatch!(self, q => q.pop_into(chain))
     }
 
-    /// As [`pop_into`](Self::pop_into) (the same checks, each shared field read once), and when the chain is a
-    /// single direct descriptor (the usual TX and RX chain) also returns its buffer already translated, with its
-    /// token: the caller can use it without reading the chain back or translating the buffer again.
+    /// As [`pop_into`](Self::pop_into) (the same checks, in the same order, each shared field read once), except
+    /// that a chain of one direct descriptor (the usual TX and RX chain) is returned as a [`SingleBuffer`], its
+    /// buffer already translated, and `chain` is left alone: the caller uses it without reading a chain back or
+    /// translating the buffer again.
     #[inline]
     pub fn pop_buffer(&mut self, chain: &mut Chain) -> Result<Popped<'_>> {
         dispatch!(self, q => q.pop_buffer(chain))

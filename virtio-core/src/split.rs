@@ -13,7 +13,9 @@ use crate::chain::{Chain, ChainRef};
 use crate::error::{Error, Result, RingArea};
 use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{need_event, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
-use crate::ring::{peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, Used};
+use crate::ring::{
+    peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, SingleBuffer, Used,
+};
 use crate::spec::ring::{
     AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY,
 };
@@ -249,7 +251,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         let desc = read_desc(&self.desc, head);
         let popped = if desc.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
             // One direct descriptor: what `read_chain`'s fast path checks (the buffer lies in memory), with the
-            // translation kept for the caller.
+            // translation kept for the caller and no chain built.
             let (addr, len) = (DeviceAddr::new(desc.addr), desc.len);
             let writable = desc.flags & DESC_F_WRITE != 0;
             let Some(buffer) = DeviceSlice::new(&self.memory, addr, len as usize) else {
@@ -262,12 +264,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
                 id: head,
                 descriptors: 1,
             };
-            chain.fill_single(addr, len, writable, token);
-            Popped::Single {
-                buffer,
-                writable,
-                token,
-            }
+            Popped::Single(SingleBuffer::new(buffer, addr, writable, token))
         } else {
             if let Err(e) = self.read_chain_from(head, desc, chain) {
                 return self.fault(e);

@@ -799,58 +799,55 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     }
                 };
                 handled += 1;
-                if let (
-                    true,
-                    Popped::Single {
-                        buffer,
-                        writable: false,
-                        token,
-                    },
-                ) = (slices, popped)
-                {
-                    // The usual TX chain, one readable buffer already translated by the pop: the checks below
-                    // (it is not writable) and `send_chain`'s one-segment case, without reading the chain back.
-                    let readable = buffer.len();
-                    let reason = if readable < header_len {
-                        Some(DropReason::HeaderTooShort)
-                    } else if readable - header_len > MAX_FRAME_LEN {
-                        Some(DropReason::FrameTooLarge)
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = reason {
-                        note(counters, &mut first, queue, reason);
-                        done!(token);
-                        continue;
-                    }
-                    let len = readable - header_len;
-                    if let Some(frame) = buffer.subslice(header_len, len) {
-                        if header_len < backend_header {
-                            // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0 there.
-                            tx_header.fill(0);
+                if let Popped::Single(single) = popped {
+                    if slices && !single.writable() {
+                        // The usual TX chain, one readable buffer already translated by the pop: the checks below
+                        // and `send_chain`'s one-segment case, without building a chain and reading it back.
+                        let (buffer, token) = (single.buffer(), single.token());
+                        let readable = buffer.len();
+                        let reason = if readable < header_len {
+                            Some(DropReason::HeaderTooShort)
+                        } else if readable - header_len > MAX_FRAME_LEN {
+                            Some(DropReason::FrameTooLarge)
+                        } else {
+                            None
+                        };
+                        if let Some(reason) = reason {
+                            note(counters, &mut first, queue, reason);
+                            done!(token);
+                            continue;
                         }
-                        buffer.read_at(0, tx_header.get_mut(..header_len).unwrap_or(&mut []));
-                        let header = tx_header.get(..backend_header).unwrap_or(&[]);
-                        match backend.send_slices(pair, header, core::slice::from_ref(&frame)) {
-                            Ok(SendStatus::Sent) => {
-                                counters.tx_frames += 1;
-                                counters.tx_bytes += len as u64;
-                                sent += 1;
-                                done!(token);
+                        let len = readable - header_len;
+                        if let Some(frame) = buffer.subslice(header_len, len) {
+                            if header_len < backend_header {
+                                // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0.
+                                tx_header.fill(0);
                             }
-                            Ok(SendStatus::WouldBlock) => {
-                                // Retried from `tx_chain` (filled by the pop) like any held chain.
-                                *tx_held = Some(len);
-                                blocked = true;
-                                break;
+                            buffer.read_at(0, tx_header.get_mut(..header_len).unwrap_or(&mut []));
+                            let header = tx_header.get(..backend_header).unwrap_or(&[]);
+                            match backend.send_slices(pair, header, core::slice::from_ref(&frame)) {
+                                Ok(SendStatus::Sent) => {
+                                    counters.tx_frames += 1;
+                                    counters.tx_bytes += len as u64;
+                                    sent += 1;
+                                    done!(token);
+                                }
+                                Ok(SendStatus::WouldBlock) => {
+                                    // Held in `tx_chain` and retried first, like any held chain.
+                                    single.to_chain(tx_chain);
+                                    *tx_held = Some(len);
+                                    blocked = true;
+                                    break;
+                                }
+                                Err(_) => {
+                                    note(counters, &mut first, queue, DropReason::Backend);
+                                    done!(token);
+                                }
                             }
-                            Err(_) => {
-                                note(counters, &mut first, queue, DropReason::Backend);
-                                done!(token);
-                            }
+                            continue;
                         }
-                        continue;
                     }
+                    single.to_chain(tx_chain);
                 }
                 let token = tx_chain.token();
                 let readable = tx_chain.readable_len() as usize;
