@@ -85,6 +85,9 @@ impl Offloads {
     }
 }
 
+/// The longest virtio-net header a backend may ask for (with VIRTIO_NET_F_HASH_REPORT).
+const MAX_VNET_HEADER: usize = 20;
+
 /// A non-blocking packet backend for [`NetDevice`](crate::device::NetDevice).
 pub trait NetBackend {
     /// Bytes of virtio-net header the backend exchanges in front of each frame: 0 (bare frames), 10 or 12.
@@ -122,6 +125,32 @@ pub trait NetBackend {
         Err(BackendError::Unsupported)
     }
 
+    /// Sends one frame on `pair` that is still in the driver's memory as one piece: `packet` holds the
+    /// [`vnet_header_len`](Self::vnet_header_len)-byte header and then the frame (the usual TX buffer, when the
+    /// driver's header has the backend's length). The same duties as [`send_slices`](Self::send_slices): copy the
+    /// bytes out (once) or hand them to the kernel before returning. Called only when
+    /// [`takes_slices`](Self::takes_slices) is true and `packet` is at least a header long. The default reads the
+    /// header out and calls [`send_slices`](Self::send_slices); a backend that copies header and frame to the same
+    /// place can take the packet in one copy.
+    #[inline]
+    fn send_packet(
+        &mut self,
+        pair: u16,
+        packet: &DeviceSlice<'_>,
+    ) -> Result<SendStatus, BackendError> {
+        let mut header = [0u8; MAX_VNET_HEADER];
+        let n = self.vnet_header_len();
+        let frame = packet
+            .len()
+            .checked_sub(n)
+            .and_then(|len| packet.subslice(n, len));
+        let (Some(header), Some(frame)) = (header.get_mut(..n), frame) else {
+            return Err(BackendError::Unsupported);
+        };
+        packet.read_at(0, header);
+        self.send_slices(pair, header, core::slice::from_ref(&frame))
+    }
+
     /// Receives one frame of `pair` (header of `vnet_header_len` bytes, then the frame) into `buf`; returns its
     /// length, or `Ok(None)` when nothing is pending. A frame longer than `buf` is an error
     /// ([`BackendError::TooLarge`]) and is consumed.
@@ -138,5 +167,85 @@ pub trait NetBackend {
     fn readiness_fd(&self, pair: u16) -> Option<i32> {
         let _ = pair;
         None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use virtio_core::{DeviceAddr, HeapMemory};
+
+    /// Records what `send_slices` was given.
+    #[derive(Default)]
+    struct Recorder {
+        header_len: usize,
+        sent: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    }
+
+    impl NetBackend for Recorder {
+        fn vnet_header_len(&self) -> usize {
+            self.header_len
+        }
+        fn send(&mut self, _pair: u16, _frame: &[&[u8]]) -> Result<SendStatus, BackendError> {
+            Err(BackendError::Unsupported)
+        }
+        fn takes_slices(&self) -> bool {
+            true
+        }
+        fn send_slices(
+            &mut self,
+            _pair: u16,
+            header: &[u8],
+            frame: &[DeviceSlice<'_>],
+        ) -> Result<SendStatus, BackendError> {
+            let parts = frame
+                .iter()
+                .map(|s| {
+                    let mut v = vec![0; s.len()];
+                    s.read_at(0, &mut v);
+                    v
+                })
+                .collect();
+            self.sent.push((header.to_vec(), parts));
+            Ok(SendStatus::Sent)
+        }
+        fn recv(&mut self, _pair: u16, _buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn send_packet_default_splits_header_from_frame() {
+        let mem = HeapMemory::new(DeviceAddr::new(0x1000), 4096).unwrap();
+        let packet = DeviceSlice::new(&mem, DeviceAddr::new(0x1000), 16).unwrap();
+        packet.write_at(0, b"HHHHHHHHHHHHbody");
+        let mut r = Recorder {
+            header_len: 12,
+            ..Recorder::default()
+        };
+        assert_eq!(r.send_packet(0, &packet), Ok(SendStatus::Sent));
+        // A header alone: an empty frame.
+        let header_only = packet.subslice(0, 12).unwrap();
+        assert_eq!(r.send_packet(0, &header_only), Ok(SendStatus::Sent));
+        assert_eq!(
+            r.sent,
+            [
+                (b"HHHHHHHHHHHH".to_vec(), vec![b"body".to_vec()]),
+                (b"HHHHHHHHHHHH".to_vec(), vec![Vec::new()]),
+            ]
+        );
+        // Shorter than a header, or a header longer than any virtio-net header: refused, nothing sent.
+        let short = packet.subslice(0, 11).unwrap();
+        assert_eq!(r.send_packet(0, &short), Err(BackendError::Unsupported));
+        r.header_len = MAX_VNET_HEADER + 1;
+        assert_eq!(r.send_packet(0, &packet), Err(BackendError::Unsupported));
+        assert_eq!(r.sent.len(), 2);
+        // No header: the whole packet is the frame.
+        r.header_len = 0;
+        assert_eq!(r.send_packet(0, &packet), Ok(SendStatus::Sent));
+        assert_eq!(r.sent.last().unwrap().1, [b"HHHHHHHHHHHHbody".to_vec()]);
     }
 }

@@ -819,13 +819,20 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         }
                         let len = readable - header_len;
                         if let Some(frame) = buffer.subslice(header_len, len) {
-                            if header_len < backend_header {
-                                // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0.
-                                tx_header.fill(0);
-                            }
-                            buffer.read_at(0, tx_header.get_mut(..header_len).unwrap_or(&mut []));
-                            let header = tx_header.get(..backend_header).unwrap_or(&[]);
-                            match backend.send_slices(pair, header, core::slice::from_ref(&frame)) {
+                            let status = if header_len == backend_header {
+                                // The driver's header is the backend's: header and frame in one piece.
+                                backend.send_packet(pair, &buffer)
+                            } else {
+                                if header_len < backend_header {
+                                    // A legacy 10-byte header has no num_buffers; the backend's 12-byte form gets 0.
+                                    tx_header.fill(0);
+                                }
+                                buffer
+                                    .read_at(0, tx_header.get_mut(..header_len).unwrap_or(&mut []));
+                                let header = tx_header.get(..backend_header).unwrap_or(&[]);
+                                backend.send_slices(pair, header, core::slice::from_ref(&frame))
+                            };
+                            match status {
                                 Ok(SendStatus::Sent) => {
                                     counters.tx_frames += 1;
                                     counters.tx_bytes += len as u64;
