@@ -712,6 +712,8 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         };
         let mut first = None;
         let mut sent = 0;
+        // Bytes of the frames sent; added to the counters (with `sent`) once, at the end.
+        let mut tx_bytes = 0u64;
         let mut ring_error = None;
         // Chains handled in this burst: with IN_ORDER only their count and the last token matter.
         let mut batch = InOrderBatch::new();
@@ -739,8 +741,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     ];
                     match backend.send(pair, &pieces) {
                         Ok(SendStatus::Sent) => {
-                            counters.tx_frames += 1;
-                            counters.tx_bytes += len as u64;
+                            tx_bytes += len as u64;
                             sent += 1;
                         }
                         Ok(SendStatus::WouldBlock) => {
@@ -773,8 +774,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     };
                     match status {
                         Some(Ok(SendStatus::Sent)) => {
-                            counters.tx_frames += 1;
-                            counters.tx_bytes += len as u64;
+                            tx_bytes += len as u64;
                             sent += 1;
                         }
                         Some(Ok(SendStatus::WouldBlock)) => {
@@ -834,8 +834,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                             };
                             match status {
                                 Ok(SendStatus::Sent) => {
-                                    counters.tx_frames += 1;
-                                    counters.tx_bytes += len as u64;
+                                    tx_bytes += len as u64;
                                     sent += 1;
                                     done!(token);
                                 }
@@ -892,8 +891,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                     };
                     match status {
                         Some(Ok(SendStatus::Sent)) => {
-                            counters.tx_frames += 1;
-                            counters.tx_bytes += len as u64;
+                            tx_bytes += len as u64;
                             sent += 1;
                             done!(token);
                             continue;
@@ -963,6 +961,8 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 }
             }
         }
+        counters.tx_frames += sent as u64;
+        counters.tx_bytes += tx_bytes;
         if let Some(e) = ring_error {
             return Err(self.fault(queue, e));
         }
