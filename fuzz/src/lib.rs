@@ -1,7 +1,8 @@
 //! Shared harness for the fuzz targets: the device side of a ring over memory the fuzzer fills.
 
 use virtio_core::{
-    DeviceAddr, DeviceQueue, DeviceSlice, Features, HeapMemory, QueueConfig, RingFormat, RingLayout,
+    DeviceAddr, DeviceQueue, DeviceSlice, Features, HeapMemory, Popped, QueueConfig, RingFormat,
+    RingLayout,
 };
 
 /// Device address of the fuzzed memory.
@@ -39,8 +40,35 @@ pub fn device_pop(format: RingFormat, data: &[u8]) {
     };
     let mut chain = queue.new_chain();
     let mut scratch = [0u8; 256];
+    // Bit 3 picks `pop_buffer` (the one-descriptor fast path) over `pop_into`: both must hold the same line.
+    let fast_path = feature_byte & 8 != 0;
     for round in 0..(2 * usize::from(size) + 4) {
-        match queue.pop_into(&mut chain) {
+        let popped = if fast_path {
+            match queue.pop_buffer(&mut chain) {
+                Ok(Popped::Single(single)) => {
+                    let buffer = single.buffer();
+                    let n = buffer.len().min(scratch.len());
+                    let written = if single.writable() {
+                        buffer.write_at(0, scratch.get(..n).unwrap_or(&[]));
+                        u32::try_from(n).unwrap_or(0)
+                    } else {
+                        buffer.read_at(0, scratch.get_mut(..n).unwrap_or(&mut []));
+                        0
+                    };
+                    let token = single.token();
+                    let _ = queue.add_used(token, written);
+                    let _ = queue.needs_notification();
+                    continue;
+                }
+                Ok(Popped::Chain) => Ok(true),
+                // `Popped` is non-exhaustive; a future variant is treated as nothing popped.
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            }
+        } else {
+            queue.pop_into(&mut chain)
+        };
+        match popped {
             Ok(true) => {
                 let mut reader = chain.reader(&memory);
                 while reader.read(&mut scratch).map(|n| n != 0).unwrap_or(false) {}
