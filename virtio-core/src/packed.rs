@@ -18,7 +18,8 @@ use crate::queue::{
     need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken,
 };
 use crate::ring::{
-    peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, SingleBuffer, Used,
+    finish_started_batch, peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped,
+    SingleBuffer, Used,
 };
 use crate::spec::ring::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
@@ -921,68 +922,20 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         let (id, len) = match self.in_order.next_in_batch() {
             Some(id) => (id, None),
             None => {
-                let base = usize::from(self.last_used) * DESC_SIZE;
-                // Acquire pairs with the device's release store of the flags, written after id and len.
-                let flags = self.desc.load_u16(base + 14, Ordering::Acquire);
-                if !is_used(flags, self.used_wrap) {
+                let Some((id, len)) = self.read_used_desc()? else {
                     return Ok(None);
-                }
-                let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
-                let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
-                if id >= self.size {
-                    return self.fault(Error::UsedIdOutOfRange {
-                        id: u32::from(id),
-                        size: self.size,
-                    });
-                }
-                if self
-                    .ids
-                    .get(usize::from(id))
-                    .is_none_or(|s| s.token.is_none())
-                {
-                    return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
-                }
+                };
                 match self.in_order.start(id, len) {
                     Some(first) => (first, None),
                     None => (id, Some(len)),
                 }
             }
         };
-        if self.in_flight <= self.unpublished {
-            // Every chain in flight is still unpublished: the device cannot have seen it.
-            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
-        }
         let finished = self.in_order.finished_len(id);
-        let Some(state) = self.ids.get_mut(usize::from(id)) else {
-            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
-        };
-        let len = len.or(finished).unwrap_or(state.writable);
-        if len > state.writable {
-            let offered = state.writable;
-            return self.fault(Error::UsedLengthTooLarge { len, offered });
-        }
-        let Some(token) = state.token.take() else {
-            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
-        };
-        let descriptors = state.descriptors;
-        state.next_free = self.free_id;
-        self.free_id = id;
+        let used = self.retire(id, len.or(finished))?;
         self.in_order.retire(id);
-        self.num_free += descriptors;
-        self.in_flight -= 1;
-        advance(
-            &mut self.last_used,
-            &mut self.used_wrap,
-            descriptors,
-            self.size,
-        );
-        if self.features.event_idx && self.callbacks {
-            let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
-            self.driver_event.store_u32(0, value, Ordering::Relaxed);
-            // Orders the request before the next read of the ring (Linux `virtio_store_mb` on `off_wrap`).
-            fence(Ordering::SeqCst);
-        }
-        Ok(Some(Used { token, len }))
+        self.request_used_event();
+        Ok(Some(used))
     }
 
     /// Collects every used buffer the device has returned so far, handing each to `out` in order; returns how many.
@@ -993,40 +946,14 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
-        let mut n = 0;
-        // Finish an in-order batch a `pop_used` call started.
-        while self.in_order.batch_pending() {
-            match self.pop_used()? {
-                Some(used) => {
-                    out(used);
-                    n += 1;
-                }
-                None => break,
-            }
-        }
+        let mut n = finish_started_batch(
+            self,
+            |q| q.in_order.batch_pending(),
+            Self::pop_used,
+            &mut out,
+        )?;
         let in_order = self.in_order.enabled();
-        loop {
-            let base = usize::from(self.last_used) * DESC_SIZE;
-            // Acquire pairs with the device's release store of the flags, written after id and len.
-            let flags = self.desc.load_u16(base + 14, Ordering::Acquire);
-            if !is_used(flags, self.used_wrap) {
-                break;
-            }
-            let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
-            let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
-            if id >= self.size {
-                return self.fault(Error::UsedIdOutOfRange {
-                    id: u32::from(id),
-                    size: self.size,
-                });
-            }
-            if self
-                .ids
-                .get(usize::from(id))
-                .is_none_or(|s| s.token.is_none())
-            {
-                return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
-            }
+        while let Some((id, len)) = self.read_used_desc()? {
             if !in_order {
                 out(self.retire(id, Some(len))?);
                 n += 1;
@@ -1045,13 +972,51 @@ impl<M: RingMemory, T> PackedDriverQueue<M, T> {
                 }
             }
         }
-        if n != 0 && self.features.event_idx && self.callbacks {
+        if n != 0 {
             // As in `pop_used`, once for the whole batch.
-            let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
-            self.driver_event.store_u32(0, value, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            self.request_used_event();
         }
         Ok(n)
+    }
+
+    /// Reads the descriptor at `last_used`: `None` while the device has not marked it used, else its buffer id,
+    /// checked to name a chain in flight, and the length the device wrote. Shared by [`pop_used`](Self::pop_used)
+    /// and [`pop_used_batch`](Self::pop_used_batch).
+    #[inline(always)]
+    fn read_used_desc(&mut self) -> Result<Option<(u16, u32)>> {
+        let base = usize::from(self.last_used) * DESC_SIZE;
+        // Acquire pairs with the device's release store of the flags, written after id and len.
+        let flags = self.desc.load_u16(base + 14, Ordering::Acquire);
+        if !is_used(flags, self.used_wrap) {
+            return Ok(None);
+        }
+        let id = self.desc.load_u16(base + 12, Ordering::Relaxed);
+        let len = self.desc.load_u32(base + 8, Ordering::Relaxed);
+        if id >= self.size {
+            return self.fault(Error::UsedIdOutOfRange {
+                id: u32::from(id),
+                size: self.size,
+            });
+        }
+        if self
+            .ids
+            .get(usize::from(id))
+            .is_none_or(|s| s.token.is_none())
+        {
+            return self.fault(Error::UsedIdNotInFlight { id: u32::from(id) });
+        }
+        Ok(Some((id, len)))
+    }
+
+    /// With EVENT_IDX and callbacks on, asks for an interrupt at the next used descriptor (after a collection).
+    #[inline(always)]
+    fn request_used_event(&self) {
+        if self.features.event_idx && self.callbacks {
+            let value = event_value(PACKED_EVENT_FLAG_DESC, self.last_used, self.used_wrap);
+            self.driver_event.store_u32(0, value, Ordering::Relaxed);
+            // Orders the request before the next read of the ring (Linux `virtio_store_mb` on `off_wrap`).
+            fence(Ordering::SeqCst);
+        }
     }
 
     /// Returns the in-flight chain `id` as used with `len` bytes (or all it offered when `None`).

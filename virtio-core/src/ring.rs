@@ -135,6 +135,29 @@ impl InOrderBatch {
     }
 }
 
+/// The first step of a driver queue's `pop_used_batch` (split and packed alike): while `pending` says an in-order
+/// batch that a `pop_used` call started is unfinished, pops with `pop` and hands each buffer to `out`; returns how
+/// many.
+#[inline(always)]
+pub(crate) fn finish_started_batch<Q, U>(
+    queue: &mut Q,
+    pending: impl Fn(&Q) -> bool,
+    mut pop: impl FnMut(&mut Q) -> Result<Option<U>>,
+    out: &mut impl FnMut(U),
+) -> Result<usize> {
+    let mut n = 0;
+    while pending(queue) {
+        match pop(queue)? {
+            Some(used) => {
+                out(used);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    Ok(n)
+}
+
 /// Driver-side FIFO of in-flight ids, to expand one in-order used element into the buffers it completes.
 #[derive(Debug)]
 pub(crate) struct InOrderTracker {

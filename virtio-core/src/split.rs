@@ -14,7 +14,8 @@ use crate::error::{Error, Result, RingArea};
 use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
 use crate::queue::{need_event, QueueConfig, RingFeatures, RingFormat, RingLayout, UsedToken};
 use crate::ring::{
-    peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped, SingleBuffer, Used,
+    finish_started_batch, peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped,
+    SingleBuffer, Used,
 };
 use crate::spec::ring::{
     AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, USED_F_NO_NOTIFY,
@@ -876,63 +877,57 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         let (head, len) = match self.in_order.next_in_batch() {
             Some(head) => (head, None),
             None => {
-                let base = 4 + 8 * usize::from(self.last_used & (self.size - 1));
-                let id = self.used.load_u32(base, Ordering::Relaxed);
-                let len = self.used.load_u32(base + 4, Ordering::Relaxed);
-                let head = match u16::try_from(id) {
-                    Ok(head) if head < self.size => head,
-                    _ => {
-                        return self.fault(Error::UsedIdOutOfRange {
-                            id,
-                            size: self.size,
-                        })
-                    }
-                };
-                if self
-                    .states
-                    .get(usize::from(head))
-                    .is_none_or(|s| s.token.is_none())
-                {
-                    return self.fault(Error::UsedIdNotInFlight { id });
-                }
+                let (head, len) = self.read_used_elem()?;
                 match self.in_order.start(head, len) {
                     Some(first) => (first, None),
                     None => (head, Some(len)),
                 }
             }
         };
-        let Some(state) = self.states.get_mut(usize::from(head)) else {
-            return self.fault(Error::UsedIdNotInFlight {
-                id: u32::from(head),
-            });
-        };
-        if state.token.is_none() {
-            return self.fault(Error::UsedIdNotInFlight {
-                id: u32::from(head),
-            });
-        }
-        let len = match len.or_else(|| self.in_order.finished_len(head)) {
-            Some(len) => len,
-            None => state.writable,
-        };
-        if len > state.writable {
-            let offered = state.writable;
-            return self.fault(Error::UsedLengthTooLarge { len, offered });
-        }
-        let token = state.token.take();
-        let chain_len = state.chain_len;
+        let len = len.or_else(|| self.in_order.finished_len(head));
+        let used = self.retire(head, len)?;
         self.in_order.retire(head);
-        self.free_chain(head, chain_len);
-        self.in_flight -= 1;
-        self.last_used = self.last_used.wrapping_add(1);
+        self.request_used_event();
+        Ok(Some(used))
+    }
+
+    /// Reads the used element at `last_used` (which `used.idx` must already cover) and checks that its id names a
+    /// chain in flight; returns that chain's head and the length the device wrote. Shared by
+    /// [`pop_used`](Self::pop_used) and [`pop_used_batch`](Self::pop_used_batch).
+    #[inline(always)]
+    fn read_used_elem(&mut self) -> Result<(u16, u32)> {
+        let base = 4 + 8 * usize::from(self.last_used & (self.size - 1));
+        let id = self.used.load_u32(base, Ordering::Relaxed);
+        let len = self.used.load_u32(base + 4, Ordering::Relaxed);
+        let head = match u16::try_from(id) {
+            Ok(head) if head < self.size => head,
+            _ => {
+                return self.fault(Error::UsedIdOutOfRange {
+                    id,
+                    size: self.size,
+                })
+            }
+        };
+        if self
+            .states
+            .get(usize::from(head))
+            .is_none_or(|s| s.token.is_none())
+        {
+            return self.fault(Error::UsedIdNotInFlight { id });
+        }
+        Ok((head, len))
+    }
+
+    /// With EVENT_IDX and callbacks on, asks for an interrupt at the next used entry (after a collection); the
+    /// barrier orders this store before the next read of `used.idx` (Linux `virtio_store_mb` in
+    /// `virtqueue_get_buf_ctx_split`).
+    #[inline(always)]
+    fn request_used_event(&self) {
         if self.features.event_idx && self.callbacks {
-            // Ask for an interrupt at the next used entry; the barrier orders this store before the next read of
-            // `used.idx` (Linux `virtio_store_mb` in `virtqueue_get_buf_ctx_split`).
             let off = 4 + 2 * usize::from(self.size);
             self.avail.store_u16(off, self.last_used, Ordering::Relaxed);
             fence(Ordering::SeqCst);
         }
-        Ok(token.map(|token| Used { token, len }))
     }
 
     /// Chains the device has been shown (in flight and published).
@@ -950,17 +945,12 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
-        let mut n = 0;
-        // Finish an in-order batch a `pop_used` call started.
-        while self.in_order.batch_pending() {
-            match self.pop_used()? {
-                Some(used) => {
-                    out(used);
-                    n += 1;
-                }
-                None => break,
-            }
-        }
+        let mut n = finish_started_batch(
+            self,
+            |q| q.in_order.batch_pending(),
+            Self::pop_used,
+            &mut out,
+        )?;
         // Acquire pairs with the device's release store of `used.idx` after writing the elements.
         let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
         let mut remaining = idx.wrapping_sub(self.last_used);
@@ -974,25 +964,7 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         self.shadow_used = idx;
         let in_order = self.in_order.enabled();
         while remaining != 0 {
-            let base = 4 + 8 * usize::from(self.last_used & (self.size - 1));
-            let id = self.used.load_u32(base, Ordering::Relaxed);
-            let len = self.used.load_u32(base + 4, Ordering::Relaxed);
-            let head = match u16::try_from(id) {
-                Ok(head) if head < self.size => head,
-                _ => {
-                    return self.fault(Error::UsedIdOutOfRange {
-                        id,
-                        size: self.size,
-                    })
-                }
-            };
-            if self
-                .states
-                .get(usize::from(head))
-                .is_none_or(|s| s.token.is_none())
-            {
-                return self.fault(Error::UsedIdNotInFlight { id });
-            }
+            let (head, len) = self.read_used_elem()?;
             if !in_order {
                 out(self.retire(head, Some(len))?);
                 n += 1;
@@ -1009,7 +981,9 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
                     });
                 }
                 let Some(front) = self.in_order.pop_front() else {
-                    return self.fault(Error::UsedIdNotInFlight { id });
+                    return self.fault(Error::UsedIdNotInFlight {
+                        id: u32::from(head),
+                    });
                 };
                 let last = front == head;
                 out(self.retire(front, last.then_some(len))?);
@@ -1020,11 +994,9 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
                 }
             }
         }
-        if n != 0 && self.features.event_idx && self.callbacks {
+        if n != 0 {
             // As in `pop_used`, once for the whole batch.
-            let off = 4 + 2 * usize::from(self.size);
-            self.avail.store_u16(off, self.last_used, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            self.request_used_event();
         }
         Ok(n)
     }
