@@ -19,9 +19,9 @@ use virtio_core::{
     RingFormat, RingLayout,
 };
 
-const BASE: u64 = 0x10000;
-const MEM: usize = 0x40000;
-const DATA: u64 = BASE + 0x20000;
+mod common;
+use common::{ring_memory, BASE, DATA, MEM};
+
 const SIZE: u16 = 8;
 
 /// A split ring the test writes by hand, as a hostile driver would.
@@ -33,9 +33,7 @@ struct RawSplit {
 
 impl RawSplit {
     fn new() -> Self {
-        let memory = Arc::new(HeapMemory::new(DeviceAddr::new(BASE), MEM).unwrap());
-        let layout = RingLayout::new(RingFormat::Split, SIZE);
-        let config = QueueConfig::with_layout(SIZE, &layout, DeviceAddr::new(BASE)).unwrap();
+        let (memory, config) = ring_memory(RingFormat::Split, SIZE);
         Self {
             memory,
             config,
@@ -504,9 +502,7 @@ struct RawPacked {
 
 impl RawPacked {
     fn new() -> Self {
-        let memory = Arc::new(HeapMemory::new(DeviceAddr::new(BASE), MEM).unwrap());
-        let layout = RingLayout::new(RingFormat::Packed, SIZE);
-        let config = QueueConfig::with_layout(SIZE, &layout, DeviceAddr::new(BASE)).unwrap();
+        let (memory, config) = ring_memory(RingFormat::Packed, SIZE);
         Self { memory, config }
     }
 

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use virtio_core::{
     Buffer, DeviceAddr, DeviceQueue, DeviceSlice, DriverQueue, Error, Features, HeapMemory,
-    InOrderBatch, Popped, QueueConfig, RingFormat, RingLayout, Used, UsedToken,
+    InOrderBatch, Popped, QueueConfig, RingFormat, Used, UsedToken,
 };
 
-const BASE: u64 = 0x10000;
-const MEM: usize = 0x40000;
-const DATA: u64 = BASE + 0x20000;
+mod common;
+use common::{ring_memory, BASE, DATA};
+
 const SIZE: u16 = 16;
 
 struct Pair {
@@ -32,14 +32,12 @@ fn setup(packed: bool, in_order: bool, indirect: bool) -> Pair {
     features.set(Features::RING_PACKED, packed);
     features.set(Features::IN_ORDER, in_order);
     features.set(Features::INDIRECT_DESC, indirect);
-    let memory = Arc::new(HeapMemory::new(DeviceAddr::new(BASE), MEM).unwrap());
     let format = if packed {
         RingFormat::Packed
     } else {
         RingFormat::Split
     };
-    let layout = RingLayout::new(format, SIZE);
-    let config = QueueConfig::with_layout(SIZE, &layout, DeviceAddr::new(BASE)).unwrap();
+    let (memory, config) = ring_memory(format, SIZE);
     let pool = virtio_core::IndirectPool {
         addr: DeviceAddr::new(BASE + 0x8000),
         entries_per_chain: 4,
@@ -244,6 +242,15 @@ fn pop_used_batch_split_in_order_used_idx_short_of_batch_refused() {
     ));
 }
 
+/// The error collecting the used buffers gives, with `pop_used_batch` or with `pop_used`.
+fn collect_err(p: &mut Pair, batch: bool) -> Error {
+    if batch {
+        p.driver.pop_used_batch(|_| {}).unwrap_err()
+    } else {
+        p.driver.pop_used().unwrap_err()
+    }
+}
+
 #[test]
 fn pop_used_split_device_cannot_return_unpublished_chains() {
     for batch in [false, true] {
@@ -253,11 +260,7 @@ fn pop_used_split_device_cannot_return_unpublished_chains() {
         // The device claims both: the second was never published.
         poke_split_used(&p, 0, 0, 0, 1);
         poke_split_used(&p, 1, 1, 0, 2);
-        let err = if batch {
-            p.driver.pop_used_batch(|_| {}).unwrap_err()
-        } else {
-            p.driver.pop_used().unwrap_err()
-        };
+        let err = collect_err(&mut p, batch);
         assert!(matches!(err, Error::UsedIndexJump { .. }), "{err:?}");
     }
 }
@@ -280,11 +283,7 @@ fn pop_used_packed_device_cannot_return_unpublished_chains() {
         )
         .unwrap()
         .write_at(0, &raw);
-        let err = if batch {
-            p.driver.pop_used_batch(|_| {}).unwrap_err()
-        } else {
-            p.driver.pop_used().unwrap_err()
-        };
+        let err = collect_err(&mut p, batch);
         assert!(matches!(err, Error::UsedIdNotInFlight { .. }), "{err:?}");
     }
 }
