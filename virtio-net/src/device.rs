@@ -506,6 +506,20 @@ fn send_chain<B: NetBackend, M: RingMemory>(
     )))
 }
 
+/// Why a TX chain of `readable` driver-readable bytes with a `header_len`-byte net header is dropped for its length
+/// (no room for the header, or a frame longer than [`MAX_FRAME_LEN`]), if it is; shared by `process_tx`'s
+/// one-buffer fast path and its general path.
+#[inline(always)]
+fn tx_length_fault(readable: usize, header_len: usize) -> Option<DropReason> {
+    if readable < header_len {
+        Some(DropReason::HeaderTooShort)
+    } else if readable - header_len > MAX_FRAME_LEN {
+        Some(DropReason::FrameTooLarge)
+    } else {
+        None
+    }
+}
+
 /// Records a drop: counter, first error of the call.
 fn note(counters: &mut NetCounters, first: &mut Option<NetError>, queue: u16, reason: DropReason) {
     counters.drop(reason);
@@ -805,13 +819,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                         // and `send_chain`'s one-segment case, without building a chain and reading it back.
                         let (buffer, token) = (single.buffer(), single.token());
                         let readable = buffer.len();
-                        let reason = if readable < header_len {
-                            Some(DropReason::HeaderTooShort)
-                        } else if readable - header_len > MAX_FRAME_LEN {
-                            Some(DropReason::FrameTooLarge)
-                        } else {
-                            None
-                        };
+                        let reason = tx_length_fault(readable, header_len);
                         if let Some(reason) = reason {
                             note(counters, &mut first, queue, reason);
                             done!(token);
@@ -859,12 +867,8 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 let readable = tx_chain.readable_len() as usize;
                 let reason = if !tx_chain.writable().is_empty() {
                     Some(DropReason::TxChainWritable)
-                } else if readable < header_len {
-                    Some(DropReason::HeaderTooShort)
-                } else if readable - header_len > MAX_FRAME_LEN {
-                    Some(DropReason::FrameTooLarge)
                 } else {
-                    None
+                    tx_length_fault(readable, header_len)
                 };
                 if let Some(reason) = reason {
                     note(counters, &mut first, queue, reason);
