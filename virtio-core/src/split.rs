@@ -858,21 +858,8 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         if self.broken {
             return Err(Error::QueueBroken);
         }
-        if self.last_used == self.shadow_used {
-            // Acquire pairs with the device's release store of `used.idx` after writing the elements.
-            let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
-            let new = idx.wrapping_sub(self.last_used);
-            if new > self.published_in_flight() {
-                return self.fault(Error::UsedIndexJump {
-                    used_idx: idx,
-                    last_used: self.last_used,
-                    in_flight: self.in_flight,
-                });
-            }
-            self.shadow_used = idx;
-            if new == 0 {
-                return Ok(None);
-            }
+        if self.last_used == self.shadow_used && self.read_used_idx()? == self.last_used {
+            return Ok(None);
         }
         let (head, len) = match self.in_order.next_in_batch() {
             Some(head) => (head, None),
@@ -889,6 +876,23 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
         self.in_order.retire(head);
         self.request_used_event();
         Ok(Some(used))
+    }
+
+    /// Reads `used.idx`, checks that it covers no more than the chains the device has been shown, and keeps it as
+    /// `shadow_used`; returns it. Shared by [`pop_used`](Self::pop_used) and [`pop_used_batch`](Self::pop_used_batch).
+    #[inline(always)]
+    fn read_used_idx(&mut self) -> Result<u16> {
+        // Acquire pairs with the device's release store of `used.idx` after writing the elements.
+        let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
+        if idx.wrapping_sub(self.last_used) > self.published_in_flight() {
+            return self.fault(Error::UsedIndexJump {
+                used_idx: idx,
+                last_used: self.last_used,
+                in_flight: self.in_flight,
+            });
+        }
+        self.shadow_used = idx;
+        Ok(idx)
     }
 
     /// Reads the used element at `last_used` (which `used.idx` must already cover) and checks that its id names a
@@ -951,17 +955,8 @@ impl<M: RingMemory, T> SplitDriverQueue<M, T> {
             Self::pop_used,
             &mut out,
         )?;
-        // Acquire pairs with the device's release store of `used.idx` after writing the elements.
-        let idx = self.used.load_u16(USED_IDX, Ordering::Acquire);
+        let idx = self.read_used_idx()?;
         let mut remaining = idx.wrapping_sub(self.last_used);
-        if remaining > self.published_in_flight() {
-            return self.fault(Error::UsedIndexJump {
-                used_idx: idx,
-                last_used: self.last_used,
-                in_flight: self.in_flight,
-            });
-        }
-        self.shadow_used = idx;
         let in_order = self.in_order.enabled();
         while remaining != 0 {
             let (head, len) = self.read_used_elem()?;
