@@ -8,9 +8,13 @@
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 CELLS=$(arg vmm_cells); MODE=$(arg vmm_mode); CELL_TIMEOUT=$(arg vmm_cell_timeout); SHOW=$(arg vmm_show)
 [ -n "$CELL_TIMEOUT" ] || CELL_TIMEOUT=300
+# `vmm_kvm_amd=P1,P2` on the command line: kvm-amd module parameters (e.g. npt=0).
+KVM_AMD_PARAMS=$(arg vmm_kvm_amd | tr ',' ' ')
 for m in irqbypass kvm ccp kvm-amd tun; do
-  insmod /lib/modules/$m.ko || echo "VMM-L1: insmod $m failed"
+  P=; [ $m = kvm-amd ] && P=$KVM_AMD_PARAMS
+  insmod /lib/modules/$m.ko $P || echo "VMM-L1: insmod $m $P failed"
 done
+echo "VMM-L1: kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 [ -e /dev/kvm ] || echo "VMM-L1: no /dev/kvm"
 ip link set lo up
 echo 4194304 > /proc/sys/net/core/rmem_default; echo 4194304 > /proc/sys/net/core/rmem_max
