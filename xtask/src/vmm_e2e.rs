@@ -397,9 +397,15 @@ fn reports(line: &str, cell: &str) -> bool {
         && field(line, "ring") == Some(r)
 }
 
-/// Whether a cell's FAIL line shows the nested environment failing rather than a check: L2 ended (or hung) with no
-/// result line and no kernel panic. Seen with both VMMs in L1 (QEMU's L2 then exits 0 after a silent reset under
-/// `-no-reboot`, mini-vmm's reports a `TripleFault`): QEMU TCG's emulation of SVM under them is not reliable.
+/// Whether a cell's FAIL line shows the nested environment failing rather than a check: L2 ended or hung with no
+/// result line and no kernel panic. Evidence that these are QEMU TCG's emulation of SVM and not our VMM:
+/// - resets: with QEMU as the L2 VMM too (`--vmm both`), L2 reset silently mid-run (QEMU under `-no-reboot` exits
+///   0); under mini-vmm they show as a `TripleFault` (exit status 1), with nothing on the L2 console;
+/// - hangs: mini-vmm's vCPU dumps (every 60 s) of three hung L2s (CI run of 2026-11-22) show the L1 host's context in
+///   the L2 vCPU: two different L2 boots (different KASLR: kernel rIP 0xffffffffa147e744 vs 0xffffffffa667e744) in
+///   the same L1 boot reported the identical RIP 0xffffffffc072720c and stacks in the same vmalloc area
+///   (0xffffd4654…), while the hang in the next L1 boot reported 0xffffffffc061420c (same page offset 0x20c): the
+///   registers follow L1's layout, not L2's. A genuine hang of ours would recur on every retry and fail the cell.
 fn environment_failure(line: &str) -> bool {
     line.starts_with("FAIL vmm")
         && (line.contains("and no L2 result") || line.contains("cell timeout"))

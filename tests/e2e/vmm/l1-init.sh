@@ -48,8 +48,9 @@ run_qemu() { # T R CMDLINE [PROPS]
 
 # Ends a VMM that overran the cell timeout: SIGTERM first (mini-vmm then reports its device counters), then SIGKILL.
 stop_vmm() {
-  kill -TERM $PID 2>/dev/null; sleep 5; kill -9 $PID 2>/dev/null
+  # The result line first: the cell's `wait` returns as soon as the VMM exits.
   echo "L2-RESULT FAIL cell timeout (${CELL_TIMEOUT} s)" >> $LOG
+  kill -TERM $PID 2>/dev/null; sleep 5; kill -9 $PID 2>/dev/null
 }
 
 for C in $(echo "$CELLS" | tr ',' ' '); do

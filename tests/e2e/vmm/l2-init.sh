@@ -40,6 +40,8 @@ stream() { # COUNT SIZE
 }
 
 insmod /lib/modules/virtio_net.ko || fail "insmod-virtio_net"
+# Where each module sits (only shown with a failed cell): a vCPU dump's RIP in module space names its function.
+echo "L2: modules:"; cat /proc/modules
 net_up || fail "virtio_net-not-probed (no eth0)"
 DEV=
 for d in /sys/bus/virtio/drivers/virtio_net/virtio*; do [ -e "$d" ] && DEV=$d; done
