@@ -58,7 +58,7 @@ const STEPS: &[(&str, &str, StepFn)] = &[
 
 /// The end-to-end suites the full test command runs (each prints one PASS/FAIL line per cell).
 ///
-/// `vmm` (nested Linux under mini-vmm, about 15–20 minutes) retries a cell (up to 3 times) when the nested environment (QEMU
+/// `vmm` (nested Linux under mini-vmm, about 17–30 minutes) retries a cell (up to 5 times) when the nested environment (QEMU
 /// TCG's emulation of SVM) fails under it, as `xtask/src/vmm_e2e.rs` explains; failed checks are never retried.
 const E2E_SUITES: &[&str] = &["vfio-smoke", "vfio", "guest", "vmm"];
 

@@ -36,7 +36,7 @@ echo 4194304 > /proc/sys/net/core/rmem_default; echo 4194304 > /proc/sys/net/cor
 WINDOW=$(arg vmm_window); [ -n "$WINDOW" ] || WINDOW=64
 # The stream gives up well inside the cell timeout, so a stalled one reports how far it got.
 stream() { # COUNT SIZE
-  net-check stream --to $L1:$PORT --count $1 --size $2 --window $WINDOW --timeout-s 200
+  net-check stream --to $L1:$PORT --count $1 --size $2 --window $WINDOW --timeout-s 180
 }
 
 insmod /lib/modules/virtio_net.ko || fail "insmod-virtio_net"
