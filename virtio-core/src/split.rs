@@ -275,7 +275,7 @@ impl<M: RingMemory> SplitDeviceQueue<M> {
         self.next_avail = self.next_avail.wrapping_add(1);
         if self.features.event_idx && self.notifications {
             // As in `pop_into`.
-            let off = 4 + 8 * usize::from(self.size);
+            let off = self.used_avail_event_offset();
             self.used.store_u16(off, self.next_avail, Ordering::Relaxed);
         }
         Ok(popped)
