@@ -487,6 +487,34 @@ impl RingRegion {
         high.store(rest.to_le(), Ordering::Relaxed);
     }
 
+    /// As [`store_descriptor`](Self::store_descriptor), but leaves the descriptor alone when it already holds these
+    /// values: a store to a line the peer has cached takes it away from the peer, which must then miss on it, so a
+    /// driver that reuses descriptors for same-sized buffers (IN_ORDER TX with fixed slots) keeps them shared.
+    #[inline(always)]
+    pub(crate) fn store_descriptor_if_changed(
+        &self,
+        offset: usize,
+        addr: u64,
+        len: u32,
+        third: u16,
+        fourth: u16,
+    ) {
+        let base = self.word::<[u64; 2]>(offset).cast::<u64>();
+        let high_ptr = base.wrapping_add(1);
+        // SAFETY: as in `store_descriptor`: bytes 0..8 of the checked, 8-aligned descriptor.
+        let low = unsafe { AtomicU64::from_ptr(base) };
+        // SAFETY: bytes 8..16 of the same checked range, 8-aligned.
+        let high = unsafe { AtomicU64::from_ptr(high_ptr) };
+        let rest = (u64::from(len) | u64::from(third) << 32 | u64::from(fourth) << 48).to_le();
+        let addr = addr.to_le();
+        if low.load(Ordering::Relaxed) != addr {
+            low.store(addr, Ordering::Relaxed);
+        }
+        if high.load(Ordering::Relaxed) != rest {
+            high.store(rest, Ordering::Relaxed);
+        }
+    }
+
     /// Writes the first 14 bytes of the 16-byte descriptor at `offset` (addr, len, and the u16 at byte 12) relaxed,
     /// behind a single bounds check; the u16 at byte 14 (packed flags) is left for the caller to publish.
     #[inline(always)]
@@ -601,6 +629,84 @@ unsafe fn copy_bytes<const MAY_OVERLAP: bool>(src: *const u8, dst: *mut u8, coun
     }
 }
 
+/// Bytes from a buffer's start that [`DeviceSlice::prefetch`] (and the device queues' look-ahead) bring into the
+/// cache: a 64-byte frame with its virtio-net header spans two lines; longer copies stream and the hardware
+/// prefetcher follows them.
+pub const PREFETCH_SPAN: usize = 128;
+
+/// Issues a prefetch for reading for each 64-byte line of `[ptr, ptr + len)`.
+#[inline(always)]
+pub(crate) fn prefetch_lines(ptr: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for_each_line(ptr, len, |line| {
+        // SAFETY: PREFETCHT0 (SSE, part of the x86-64 baseline) is a hint: it never faults, whatever the address,
+        // and changes no memory; the address is not dereferenced.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(line.cast());
+        }
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, len);
+}
+
+/// Issues a prefetch for writing (PREFETCHW: the line arrives owned, so the stores that follow need no second
+/// trip to the core that read it last) for each 64-byte line of `[ptr, ptr + len)`; nothing on CPUs without it.
+#[inline(always)]
+pub(crate) fn prefetch_lines_for_write(ptr: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        for_each_line(ptr, len, |line| {
+            // SAFETY: PREFETCHW (checked present above) is a hint like PREFETCHT0: it never faults, whatever the
+            // address, and changes no memory; the address is not dereferenced.
+            unsafe {
+                core::arch::asm!(
+                    "prefetchw [{line}]",
+                    line = in(reg) line,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        });
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, len);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn for_each_line(ptr: *const u8, len: usize, mut f: impl FnMut(*const u8)) {
+    if len == 0 {
+        return;
+    }
+    let last = ptr.wrapping_add(len - 1) as usize & !63;
+    let mut line = ptr.wrapping_sub(ptr as usize & 63);
+    loop {
+        f(line);
+        if line as usize >= last {
+            break;
+        }
+        line = line.wrapping_add(64);
+    }
+}
+
+/// Whether the CPU has PREFETCHW (CPUID 0x8000_0001 ECX bit 8); asked once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    use core::sync::atomic::AtomicU8;
+    /// 0: not asked yet, 1: absent, 2: present.
+    static PREFETCHW: AtomicU8 = AtomicU8::new(0);
+    match PREFETCHW.load(Ordering::Relaxed) {
+        0 => {
+            use core::arch::x86_64::__cpuid;
+            let present =
+                __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            PREFETCHW.store(if present { 2 } else { 1 }, Ordering::Relaxed);
+            present
+        }
+        known => known == 2,
+    }
+}
+
 /// A bounds-checked view of payload memory (`[addr, addr + len)` of some [`RingMemory`]), borrowed from it.
 ///
 /// The peer may change the bytes at any time; reads copy them out, writes copy them in. Any bit pattern is a valid
@@ -662,6 +768,21 @@ impl<'m> DeviceSlice<'m> {
     #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+
+    /// Asks the CPU to start loading the slice's first [`PREFETCH_SPAN`] bytes into its cache, so that a read or
+    /// write of them soon after does not wait for memory (or for the peer's core, which wrote them last). A hint
+    /// only: contents and bounds are unaffected, and it is a no-op off x86-64.
+    #[inline(always)]
+    pub fn prefetch(&self) {
+        prefetch_lines(self.ptr.as_ptr(), self.len.min(PREFETCH_SPAN));
+    }
+
+    /// As [`prefetch`](Self::prefetch), for bytes about to be written: the lines are asked for with ownership
+    /// (PREFETCHW), so that a burst of writes to buffers the peer read last waits once rather than per line.
+    #[inline(always)]
+    pub fn prefetch_for_write(&self) {
+        prefetch_lines_for_write(self.ptr.as_ptr(), self.len.min(PREFETCH_SPAN));
     }
 
     /// The sub-slice `[offset, offset + len)`, or `None` if it does not fit.

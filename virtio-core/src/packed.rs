@@ -18,8 +18,8 @@ use crate::queue::{
     need_event, NotificationData, QueueConfig, RingFeatures, RingFormat, UsedToken,
 };
 use crate::ring::{
-    finish_started_batch, peer_fault, Buffer, InOrderBatch, InOrderTracker, IndirectPool, Popped,
-    SingleBuffer, Used,
+    finish_started_batch, peer_fault, prefetch_buffer, Buffer, InOrderBatch, InOrderTracker,
+    IndirectPool, Popped, SingleBuffer, Used, PREFETCH_AHEAD, PREFETCH_REFILL_AT,
 };
 use crate::spec::ring::{
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED,
@@ -126,6 +126,10 @@ pub struct PackedDeviceQueue<M> {
     device_event: RingRegion,
     next_avail: u16,
     avail_wrap: bool,
+    /// Descriptors from `next_avail` on whose buffers were already prefetched (see `prefetch_available`).
+    prefetched: u16,
+    /// The last look-ahead stopped at a descriptor the driver had not made available yet.
+    prefetch_at_frontier: bool,
     next_used: u16,
     used_wrap: bool,
     used_since_signal: u16,
@@ -153,6 +157,8 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
             device_event,
             next_avail: 0,
             avail_wrap: true,
+            prefetched: 0,
+            prefetch_at_frontier: false,
             next_used: 0,
             used_wrap: true,
             used_since_signal: 0,
@@ -211,10 +217,10 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         if !is_available(head_flags, self.avail_wrap) {
             return Ok(false);
         }
+        self.prefetch_available();
         match self.read_chain(head_flags, chain) {
             Ok((pos, wrap)) => {
-                self.next_avail = pos;
-                self.avail_wrap = wrap;
+                self.consume(pos, wrap);
                 Ok(true)
             }
             Err(e) => self.fault(e),
@@ -233,6 +239,7 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         if !is_available(head_flags, self.avail_wrap) {
             return Ok(Popped::Empty);
         }
+        self.prefetch_available();
         // Each field read once; the head's flags are the acquire load above.
         let (addr, len, id, _) = self
             .desc
@@ -240,8 +247,7 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         if head_flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
             return match self.read_chain_from(head_flags, (addr, len, id), chain) {
                 Ok((pos, wrap)) => {
-                    self.next_avail = pos;
-                    self.avail_wrap = wrap;
+                    self.consume(pos, wrap);
                     Ok(Popped::Chain)
                 }
                 Err(e) => self.fault(e),
@@ -271,12 +277,62 @@ impl<M: RingMemory> PackedDeviceQueue<M> {
         let writable = head_flags & DESC_F_WRITE != 0;
         let token = UsedToken { id, descriptors: 1 };
         advance(&mut self.next_avail, &mut self.avail_wrap, 1, self.size);
+        self.prefetched = self.prefetched.saturating_sub(1);
         Ok(Popped::Single(SingleBuffer::new(
             buffer,
             buffer_addr,
             writable,
             token,
         )))
+    }
+
+    /// Moves past a popped chain that ends before `(pos, wrap)`.
+    #[inline(always)]
+    fn consume(&mut self, pos: u16, wrap: bool) {
+        let slots = if wrap == self.avail_wrap {
+            pos.wrapping_sub(self.next_avail)
+        } else {
+            pos.wrapping_add(self.size).wrapping_sub(self.next_avail)
+        };
+        self.prefetched = self.prefetched.saturating_sub(slots);
+        self.next_avail = pos;
+        self.avail_wrap = wrap;
+    }
+
+    /// Look-ahead over descriptors the driver made available: keeps the buffers of the next [`PREFETCH_AHEAD`]
+    /// descriptors on their way into the cache (see `SplitDeviceQueue::prefetch_available`). Once it has met a
+    /// descriptor not yet available it waits until the pops catch up before probing again, so that it does not
+    /// keep pulling away the line the driver is writing.
+    #[inline(always)]
+    fn prefetch_available(&mut self) {
+        if self.prefetched > PREFETCH_REFILL_AT
+            || (self.prefetch_at_frontier && self.prefetched != 0)
+        {
+            return;
+        }
+        self.prefetch_more();
+    }
+
+    #[inline(never)]
+    fn prefetch_more(&mut self) {
+        let (mut pos, mut wrap) = (self.next_avail, self.avail_wrap);
+        advance(&mut pos, &mut wrap, self.prefetched, self.size);
+        let ahead = PREFETCH_AHEAD.min(self.size);
+        self.prefetch_at_frontier = false;
+        while self.prefetched < ahead {
+            // Acquire: as in `pop_into`, the descriptor's other fields are read after its flags.
+            let flags = self.flags_at(pos, Ordering::Acquire);
+            if !is_available(flags, wrap) {
+                self.prefetch_at_frontier = true;
+                break;
+            }
+            if flags & DESC_F_INDIRECT == 0 {
+                let (addr, len, _, _) = self.desc.load_descriptor(usize::from(pos) * DESC_SIZE);
+                prefetch_buffer(&self.memory, addr, len);
+            }
+            advance(&mut pos, &mut wrap, 1, self.size);
+            self.prefetched += 1;
+        }
     }
 
     /// Pops the next available chain into the queue's own scratch chain.

@@ -5,7 +5,9 @@ use alloc::vec::Vec;
 
 use crate::chain::{Chain, ChainRef};
 use crate::error::{Error, Result, RingArea};
-use crate::memory::{DeviceAddr, DeviceSlice, RingMemory, RingRegion};
+use crate::memory::{
+    prefetch_lines, DeviceAddr, DeviceSlice, RingMemory, RingRegion, PREFETCH_SPAN,
+};
 use crate::packed::{PackedDeviceQueue, PackedDriverQueue};
 use crate::queue::{NotificationData, QueueConfig, RingFeatures, UsedToken};
 use crate::spec::Features;
@@ -328,6 +330,25 @@ impl<'m> SingleBuffer<'m> {
         // `u32` by construction: the descriptor's length field.
         let len = u32::try_from(self.buffer.len()).unwrap_or(u32::MAX);
         chain.fill_single(self.addr, len, self.writable, self.token);
+    }
+}
+
+/// Available chains whose buffers a device queue keeps prefetched ahead of its pops.
+pub(crate) const PREFETCH_AHEAD: u16 = 16;
+
+/// The look-ahead is refilled when no more than this many prefetched chains are left.
+pub(crate) const PREFETCH_REFILL_AT: u16 = 8;
+
+/// Prefetches the start of the buffer `[addr, addr + len)` if it lies in `memory` (a hint: anything else is left
+/// for the pop to report).
+#[inline(always)]
+pub(crate) fn prefetch_buffer<M: RingMemory + ?Sized>(memory: &M, addr: u64, len: u32) {
+    let span = (len as usize).min(PREFETCH_SPAN);
+    if span == 0 {
+        return;
+    }
+    if let Some(ptr) = memory.translate(DeviceAddr::new(addr), span) {
+        prefetch_lines(ptr.as_ptr(), span);
     }
 }
 

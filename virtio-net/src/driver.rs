@@ -162,6 +162,87 @@ fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to) * to
 }
 
+/// The free TX slots, oldest first. Slots are reused in the order the device returns them, so with
+/// VIRTIO_F_IN_ORDER slot k keeps pairing with descriptor k lap after lap: a split ring then rewrites neither that
+/// descriptor nor its available entry while frames keep their length (see `SplitDriverQueue::add_unpublished`).
+#[derive(Debug)]
+struct SlotFifo {
+    slots: Vec<u16>,
+    head: usize,
+    len: usize,
+}
+
+impl SlotFifo {
+    fn new(count: u16) -> Self {
+        Self {
+            slots: (0..count).collect(),
+            head: 0,
+            len: usize::from(count),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<u16> {
+        if self.len == 0 {
+            return None;
+        }
+        let slot = self.slots.get(self.head).copied();
+        self.head = if self.head + 1 == self.slots.len() {
+            0
+        } else {
+            self.head + 1
+        };
+        self.len -= 1;
+        slot
+    }
+
+    /// The `i`-th free slot from the front (what the `i`-th next [`pop_front`](Self::pop_front) returns).
+    #[inline]
+    fn peek(&self, i: usize) -> Option<u16> {
+        if i >= self.len {
+            return None;
+        }
+        let mut at = self.head + i;
+        if at >= self.slots.len() {
+            at -= self.slots.len();
+        }
+        self.slots.get(at).copied()
+    }
+
+    /// Returns a slot the device is done with. Each slot is either free or with one in-flight chain, so the FIFO
+    /// cannot overflow; if it were full the slot would already be in it and is not added twice.
+    #[inline]
+    fn push_back(&mut self, slot: u16) {
+        if self.len == self.slots.len() {
+            return;
+        }
+        let mut at = self.head + self.len;
+        if at >= self.slots.len() {
+            at -= self.slots.len();
+        }
+        if let Some(s) = self.slots.get_mut(at) {
+            *s = slot;
+            self.len += 1;
+        }
+    }
+
+    /// Puts back a slot just taken with [`pop_front`](Self::pop_front) and not used.
+    fn push_front(&mut self, slot: u16) {
+        if self.len == self.slots.len() {
+            return;
+        }
+        self.head = self.head.checked_sub(1).unwrap_or(self.slots.len() - 1);
+        if let Some(s) = self.slots.get_mut(self.head) {
+            *s = slot;
+            self.len += 1;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct DriverPair<M> {
     rx: DriverQueue<M, u16>,
@@ -171,7 +252,7 @@ struct DriverPair<M> {
     tx_base: DeviceAddr,
     tx_slot_len: u32,
     tx_small_base: DeviceAddr,
-    tx_free: Vec<u16>,
+    tx_free: SlotFifo,
 }
 
 #[derive(Debug)]
@@ -345,7 +426,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             } else {
                 (tx_small_base, 0)
             };
-            let tx_free = (0..tx.size()).rev().collect();
+            let tx_free = SlotFifo::new(tx.size());
             out_pairs.push(DriverPair {
                 rx,
                 rx_base,
@@ -499,7 +580,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             .get_mut(usize::from(pair))
             .ok_or(NetError::QueueNotActive(queue))?;
         let tx_free = &mut p.tx_free;
-        p.tx.pop_used_batch(|used| tx_free.push(used.token))
+        p.tx.pop_used_batch(|used| tx_free.push_back(used.token))
             .map_err(ring_err(queue))
     }
 
@@ -571,7 +652,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let free = p.tx_free.len();
         if free < reclaim_below || free < frames.len() {
             let tx_free = &mut p.tx_free;
-            p.tx.pop_used_batch(|used| tx_free.push(used.token))
+            p.tx.pop_used_batch(|used| tx_free.push_back(used.token))
                 .map_err(ring_err(queue))?;
         }
         let mut queued = 0;
@@ -581,11 +662,24 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             p.tx_small_base,
             usize::from(p.tx.size()) * TX_SMALL_SLOT as usize,
         );
+        if let Some(area) = small_area {
+            // The device read these slots last: ask for them owned now, so that their misses overlap instead of
+            // each frame's copy waiting for its own.
+            for (i, frame) in frames.iter().enumerate() {
+                let Some(slot) = p.tx_free.peek(i) else {
+                    break;
+                };
+                let at = usize::from(slot) * TX_SMALL_SLOT as usize;
+                if let Some(s) = area.subslice(at, (hl + frame.len()).min(TX_SMALL_SLOT as usize)) {
+                    s.prefetch_for_write();
+                }
+            }
+        }
         for frame in frames {
             if frame.len() > max_frame {
                 break;
             }
-            let Some(slot) = p.tx_free.pop() else {
+            let Some(slot) = p.tx_free.pop_front() else {
                 break;
             };
             let total = hl + frame.len();
@@ -604,7 +698,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 _ => DeviceSlice::new(memory, addr, total),
             };
             let Some(slice) = slice else {
-                p.tx_free.push(slot);
+                p.tx_free.push_front(slot);
                 error = Some(NetError::QueueNotActive(queue));
                 break;
             };
@@ -612,7 +706,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             slice.write_at(hl, frame);
             // Published once for the whole burst, by `kick_prepare` below.
             if let Err(e) = p.tx.add_unpublished(&[Buffer::new(addr, len)], &[], slot) {
-                p.tx_free.push(slot);
+                p.tx_free.push_front(slot);
                 error = Some(ring_err(queue)(e));
                 break;
             }
