@@ -840,3 +840,154 @@ fn driver_reset_reclaims_buffers_in_flight() {
         assert_eq!(driver.queue().in_flight(), 0);
     }
 }
+
+// ----- the device queues' look-ahead (prefetch of the next available buffers) -----
+
+/// The look-ahead reads entries past the one being popped; whatever garbage it meets there must neither panic nor
+/// fail the pop in hand: each bad entry is reported, as usual, by the pop that reaches it.
+#[test]
+fn split_lookahead_over_hostile_entries_leaves_faults_to_their_pops() {
+    let bad: [(&str, fn(&mut RawSplit), Error); 4] = [
+        (
+            "head out of range",
+            |r| r.publish(SIZE + 3),
+            Error::DescriptorIndexOutOfRange {
+                index: u32::from(SIZE + 3),
+                size: u32::from(SIZE),
+            },
+        ),
+        (
+            "buffer outside memory",
+            |r| {
+                r.desc(1, BASE + MEM as u64 - 8, 32, 0, 0);
+                r.publish(1);
+            },
+            Error::BufferOutOfMemory {
+                addr: DeviceAddr::new(BASE + MEM as u64 - 8),
+                len: 32,
+            },
+        ),
+        (
+            "huge length at the top of the address space",
+            |r| {
+                r.desc(1, u64::MAX - 4, u32::MAX, DESC_F_WRITE, 0);
+                r.publish(1);
+            },
+            Error::BufferOutOfMemory {
+                addr: DeviceAddr::new(u64::MAX - 4),
+                len: u32::MAX,
+            },
+        ),
+        (
+            "indirect not negotiated, garbage table address",
+            |r| {
+                r.desc(1, u64::MAX, 16, DESC_F_INDIRECT, 0);
+                r.publish(1);
+            },
+            Error::IndirectNotNegotiated,
+        ),
+    ];
+    for (what, build, want) in bad {
+        let mut raw = RawSplit::new();
+        raw.desc(0, DATA, 64, 0, 0);
+        raw.publish(0);
+        // The bad entry second, then more of the same kind so that the look-ahead crosses several.
+        for _ in 1..SIZE {
+            build(&mut raw);
+        }
+        for via_pop_buffer in [false, true] {
+            let mut device = raw.device(Features::empty());
+            let mut chain = device.new_chain();
+            if via_pop_buffer {
+                assert!(
+                    matches!(
+                        device.pop_buffer(&mut chain),
+                        Ok(virtio_core::Popped::Single(_))
+                    ),
+                    "{what}: the good first chain pops"
+                );
+                assert_eq!(device.pop_buffer(&mut chain).unwrap_err(), want, "{what}");
+            } else {
+                assert!(
+                    device.pop_into(&mut chain).unwrap(),
+                    "{what}: the good first chain pops"
+                );
+                assert_eq!(device.pop_into(&mut chain).unwrap_err(), want, "{what}");
+            }
+            assert!(device.is_broken(), "{what}");
+        }
+    }
+}
+
+/// As above for a packed ring; the look-ahead must also stop at a descriptor that is not available (wrong wrap
+/// bits), which the next pop then reports as an empty ring.
+#[test]
+fn packed_lookahead_over_hostile_descriptors_leaves_faults_to_their_pops() {
+    let bad: [(&str, fn(&RawPacked, u16), Option<Error>); 4] = [
+        (
+            "buffer outside memory",
+            |r, pos| r.desc(pos, BASE + MEM as u64 - 8, 32, pos, AVAIL),
+            Some(Error::BufferOutOfMemory {
+                addr: DeviceAddr::new(BASE + MEM as u64 - 8),
+                len: 32,
+            }),
+        ),
+        (
+            "huge length at the top of the address space",
+            |r, pos| r.desc(pos, u64::MAX - 4, u32::MAX, pos, AVAIL | DESC_F_WRITE),
+            Some(Error::BufferOutOfMemory {
+                addr: DeviceAddr::new(u64::MAX - 4),
+                len: u32::MAX,
+            }),
+        ),
+        (
+            "indirect not negotiated, garbage table address",
+            |r, pos| r.desc(pos, u64::MAX, 16, pos, AVAIL | DESC_F_INDIRECT),
+            Some(Error::IndirectNotNegotiated),
+        ),
+        (
+            "not available (used bit set on the first lap)",
+            |r, pos| r.desc(pos, DATA, 16, pos, AVAIL | PACKED_DESC_F_USED),
+            None,
+        ),
+    ];
+    for (what, build, want) in bad {
+        let raw = RawPacked::new();
+        raw.desc(0, DATA, 64, 0, AVAIL);
+        for pos in 1..SIZE {
+            build(&raw, pos);
+        }
+        for via_pop_buffer in [false, true] {
+            let mut device = raw.device(Features::empty());
+            let mut chain = device.new_chain();
+            let second = if via_pop_buffer {
+                assert!(
+                    matches!(
+                        device.pop_buffer(&mut chain),
+                        Ok(virtio_core::Popped::Single(_))
+                    ),
+                    "{what}: the good first chain pops"
+                );
+                device
+                    .pop_buffer(&mut chain)
+                    .map(|p| matches!(p, virtio_core::Popped::Empty))
+            } else {
+                assert!(
+                    device.pop_into(&mut chain).unwrap(),
+                    "{what}: the good first chain pops"
+                );
+                device.pop_into(&mut chain).map(|popped| !popped)
+            };
+            match &want {
+                Some(e) => {
+                    assert_eq!(second.unwrap_err(), *e, "{what}");
+                    assert!(device.is_broken(), "{what}");
+                }
+                None => {
+                    assert!(second.unwrap(), "{what}: nothing more is available");
+                    assert!(!device.is_broken(), "{what}");
+                }
+            }
+        }
+    }
+}

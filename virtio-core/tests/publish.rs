@@ -407,3 +407,55 @@ fn pop_buffer_matches_pop_into_and_hands_single_buffers_translated_without_a_cha
         );
     }
 }
+
+/// The split driver skips stores that would not change a descriptor or an available entry (so that the device keeps
+/// those lines cached); a descriptor or entry the device scribbled on in between must still be rewritten.
+#[test]
+fn split_driver_rewrites_descriptors_and_avail_entries_the_device_changed() {
+    let mut p = setup(false, true, false);
+    let poke = |p: &Pair, addr: u64, bytes: &[u8]| {
+        DeviceSlice::new(&*p.memory, DeviceAddr::new(addr), bytes.len())
+            .unwrap()
+            .write_at(0, bytes);
+    };
+    let size = u32::from(SIZE);
+    // Three laps of the ring with the same buffers: from the second lap on, every store is skippable.
+    for t in 0..3 * size {
+        let slot = u64::from(t % size);
+        let lap = t / size;
+        if lap == 2 && slot % 2 == 0 {
+            // A hostile device overwrites the descriptor the driver is about to reuse, and its available entry.
+            poke(&p, p.config.descriptors.raw() + 16 * slot, &[0xa5; 16]);
+            poke(
+                &p,
+                p.config.driver_area.raw() + 4 + 2 * slot,
+                &3u16.to_le_bytes(),
+            );
+        }
+        // A length change on the third lap for odd slots: the descriptor's second half differs.
+        let len = if lap == 2 && slot % 2 == 1 { 48 } else { 60 };
+        let head = p.driver.add(&[buf(slot, len)], &[], t).unwrap();
+        assert_eq!(
+            u64::from(head),
+            slot,
+            "IN_ORDER hands out descriptors in ring order"
+        );
+        let mut chain = p.device.new_chain();
+        let Popped::Single(single) = p.device.pop_buffer(&mut chain).unwrap() else {
+            panic!("one descriptor, one buffer");
+        };
+        assert_eq!(single.token().id(), head, "lap {lap} slot {slot}");
+        assert_eq!(
+            single.buffer().as_ptr(),
+            DeviceSlice::new(&*p.memory, buf(slot, len).addr, len as usize)
+                .unwrap()
+                .as_ptr(),
+            "lap {lap} slot {slot}: the device sees the driver's address"
+        );
+        assert_eq!(single.buffer().len(), len as usize, "lap {lap} slot {slot}");
+        assert!(!single.writable());
+        let token = single.token();
+        p.device.add_used(token, 0).unwrap();
+        assert_eq!(p.driver.pop_used().unwrap().unwrap().token, t);
+    }
+}

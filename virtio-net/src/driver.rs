@@ -943,3 +943,58 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::SlotFifo;
+
+    #[test]
+    fn slot_fifo_hands_slots_back_oldest_first_across_wraps() {
+        let mut fifo = SlotFifo::new(4);
+        assert_eq!(fifo.len(), 4);
+        assert_eq!(
+            (fifo.peek(0), fifo.peek(3), fifo.peek(4)),
+            (Some(0), Some(3), None)
+        );
+        // Take two, return them, take all: the returned ones come after the never-used ones.
+        assert_eq!((fifo.pop_front(), fifo.pop_front()), (Some(0), Some(1)));
+        fifo.push_back(0);
+        fifo.push_back(1);
+        let order: alloc::vec::Vec<u16> = core::iter::from_fn(|| fifo.pop_front()).collect();
+        assert_eq!(order, [2, 3, 0, 1]);
+        assert_eq!(fifo.len(), 0);
+        assert_eq!(fifo.peek(0), None);
+        // Many laps keep the order slots were returned in.
+        for lap in 0..10u16 {
+            for s in 0..4 {
+                fifo.push_back((s + lap) % 4);
+            }
+            for s in 0..4 {
+                assert_eq!(fifo.peek(0), Some((s + lap) % 4));
+                assert_eq!(fifo.pop_front(), Some((s + lap) % 4));
+            }
+        }
+    }
+
+    #[test]
+    fn slot_fifo_push_front_undoes_a_pop_and_never_overflows() {
+        let mut fifo = SlotFifo::new(3);
+        let first = fifo.pop_front().unwrap();
+        fifo.push_front(first);
+        assert_eq!(fifo.len(), 3);
+        assert_eq!(fifo.pop_front(), Some(0));
+        // Full: neither end grows it.
+        fifo.push_back(0);
+        fifo.push_back(7);
+        fifo.push_front(9);
+        assert_eq!(fifo.len(), 3);
+        let order: alloc::vec::Vec<u16> = core::iter::from_fn(|| fifo.pop_front()).collect();
+        assert_eq!(order, [1, 2, 0]);
+        let mut empty = SlotFifo::new(0);
+        assert_eq!(empty.pop_front(), None);
+        empty.push_back(1);
+        empty.push_front(1);
+        assert_eq!(empty.len(), 0);
+    }
+}
