@@ -847,7 +847,8 @@ fn driver_reset_reclaims_buffers_in_flight() {
 /// fail the pop in hand: each bad entry is reported, as usual, by the pop that reaches it.
 #[test]
 fn split_lookahead_over_hostile_entries_leaves_faults_to_their_pops() {
-    let bad: [(&str, fn(&mut RawSplit), Error); 4] = [
+    type Case = (&'static str, fn(&mut RawSplit), Error);
+    let bad: [Case; 4] = [
         (
             "head out of range",
             |r| r.publish(SIZE + 3),
@@ -923,7 +924,8 @@ fn split_lookahead_over_hostile_entries_leaves_faults_to_their_pops() {
 /// bits), which the next pop then reports as an empty ring.
 #[test]
 fn packed_lookahead_over_hostile_descriptors_leaves_faults_to_their_pops() {
-    let bad: [(&str, fn(&RawPacked, u16), Option<Error>); 4] = [
+    type Case = (&'static str, fn(&RawPacked, u16), Option<Error>);
+    let bad: [Case; 4] = [
         (
             "buffer outside memory",
             |r, pos| r.desc(pos, BASE + MEM as u64 - 8, 32, pos, AVAIL),
