@@ -476,15 +476,9 @@ impl RingRegion {
         third: u16,
         fourth: u16,
     ) {
-        let base = self.word::<[u64; 2]>(offset).cast::<u64>();
-        let high_ptr = base.wrapping_add(1);
-        // SAFETY: `word` checked that the 16 bytes at `offset` are inside the region and 8-aligned: bytes 0..8.
-        let low = unsafe { AtomicU64::from_ptr(base) };
-        // SAFETY: bytes 8..16 of the same checked range, 8-aligned.
-        let high = unsafe { AtomicU64::from_ptr(high_ptr) };
-        let rest = u64::from(len) | u64::from(third) << 32 | u64::from(fourth) << 48;
+        let (low, high) = self.descriptor_words(offset);
         low.store(addr.to_le(), Ordering::Relaxed);
-        high.store(rest.to_le(), Ordering::Relaxed);
+        high.store(descriptor_high(len, third, fourth), Ordering::Relaxed);
     }
 
     /// As [`store_descriptor`](Self::store_descriptor), but leaves the descriptor alone when it already holds these
@@ -499,20 +493,27 @@ impl RingRegion {
         third: u16,
         fourth: u16,
     ) {
-        let base = self.word::<[u64; 2]>(offset).cast::<u64>();
-        let high_ptr = base.wrapping_add(1);
-        // SAFETY: as in `store_descriptor`: bytes 0..8 of the checked, 8-aligned descriptor.
-        let low = unsafe { AtomicU64::from_ptr(base) };
-        // SAFETY: bytes 8..16 of the same checked range, 8-aligned.
-        let high = unsafe { AtomicU64::from_ptr(high_ptr) };
-        let rest = (u64::from(len) | u64::from(third) << 32 | u64::from(fourth) << 48).to_le();
-        let addr = addr.to_le();
+        let (low, high) = self.descriptor_words(offset);
+        let (addr, rest) = (addr.to_le(), descriptor_high(len, third, fourth));
         if low.load(Ordering::Relaxed) != addr {
             low.store(addr, Ordering::Relaxed);
         }
         if high.load(Ordering::Relaxed) != rest {
             high.store(rest, Ordering::Relaxed);
         }
+    }
+
+    /// Bytes 0..8 and 8..16 of the 16-byte descriptor at `offset`, behind one bounds check.
+    #[inline(always)]
+    fn descriptor_words(&self, offset: usize) -> (&AtomicU64, &AtomicU64) {
+        let base = self.word::<[u64; 2]>(offset).cast::<u64>();
+        let high_ptr = base.wrapping_add(1);
+        // SAFETY: `word` checked that the 16 bytes at `offset` are inside the region and 8-aligned: bytes 0..8,
+        // valid as long as the region (`&self`) is.
+        let low = unsafe { AtomicU64::from_ptr(base) };
+        // SAFETY: bytes 8..16 of the same checked range, 8-aligned.
+        let high = unsafe { AtomicU64::from_ptr(high_ptr) };
+        (low, high)
     }
 
     /// Writes the first 14 bytes of the 16-byte descriptor at `offset` (addr, len, and the u16 at byte 12) relaxed,
@@ -551,6 +552,12 @@ impl RingRegion {
             self.store_u16(offset, 0, Ordering::Relaxed);
         }
     }
+}
+
+/// Bytes 8..16 of a descriptor (len, then the two u16 fields) as one little-endian word.
+#[inline(always)]
+fn descriptor_high(len: u32, third: u16, fourth: u16) -> u64 {
+    (u64::from(len) | u64::from(third) << 32 | u64::from(fourth) << 48).to_le()
 }
 
 /// Copies `count` bytes from `src` to `dst`. Up to 128 bytes (headers and small frames, the hot case) with two
