@@ -121,9 +121,12 @@ impl Default for NetDeviceBuilder {
 
 impl NetDeviceBuilder {
     /// A device offering VERSION_1, MAC (52:54:00:12:34:56) and STATUS (link up), one queue pair of 256 entries.
+    /// It also offers ANY_LAYOUT, which a legacy driver may take (§2.7.4.3; QEMU offers it too): this model reads and
+    /// writes a chain as one byte stream wherever its descriptors split it. `without(Features::ANY_LAYOUT)` gives a
+    /// legacy driver a device that asks for the header in a descriptor of its own (§5.1.6.7).
     pub fn new() -> Self {
         Self {
-            offered: Features::VERSION_1 | feature::MAC | feature::STATUS,
+            offered: Features::VERSION_1 | Features::ANY_LAYOUT | feature::MAC | feature::STATUS,
             config: ConfigRepr {
                 mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
                 ..ConfigRepr::default()

@@ -14,13 +14,19 @@
 //! Two receive modes: **mergeable** (VIRTIO_NET_F_MRG_RXBUF: small buffers of
 //! [`NetDriverConfig::rx_buffer_len`], a frame spans `num_buffers` of them) and **big packets** (one buffer of
 //! header + [`MAX_FRAME_LEN`] per chain).
+//!
+//! Legacy framing (§5.1.6.7, §2.7.4.3): a legacy device that does not offer VIRTIO_F_ANY_LAYOUT gets the
+//! `virtio_net_hdr` in a descriptor of its own on both queues, the frame (or the rest of the receive buffer) in the
+//! next one, and control requests split into class/command, data and ack descriptors. The bytes stay where they
+//! are — the header descriptor ends where the data descriptor starts — so only the descriptors differ; each chain
+//! takes two ring entries, so half as many transmit slots and receive buffers are in use.
 
 use alloc::vec::Vec;
 
-use virtio_core::transport::Transport;
+use virtio_core::transport::{InterruptCause, Transport};
 use virtio_core::{
-    Buffer, DeviceAddr, DeviceSlice, DriverQueue, Features, QueueConfig, RingFormat, RingLayout,
-    RingMemory,
+    Buffer, DeviceAddr, DeviceSlice, DeviceStatus, DriverQueue, Features, QueueConfig, RingFormat,
+    RingLayout, RingMemory,
 };
 
 use crate::error::{NetError, Result};
@@ -70,9 +76,12 @@ impl NetDriverConfig {
         }
     }
 
-    /// Every bit the driver knows how to use.
+    /// Every bit the driver knows how to use. ANY_LAYOUT is acknowledged only on a legacy device (without
+    /// VERSION_1, where it lets the header share the frame's descriptor); a modern driver leaves that legacy bit
+    /// alone, as every VERSION_1 device accepts any layout (§2.7.4).
     pub fn all_features() -> Features {
         Features::VERSION_1
+            | Features::ANY_LAYOUT
             | Features::EVENT_IDX
             | Features::INDIRECT_DESC
             | Features::RING_PACKED
@@ -185,6 +194,11 @@ impl SlotFifo {
         self.len
     }
 
+    /// Slots in all, free or not.
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     #[inline]
     fn pop_front(&mut self) -> Option<u16> {
         if self.len == 0 {
@@ -248,11 +262,117 @@ struct DriverPair<M> {
     rx: DriverQueue<M, u16>,
     rx_base: DeviceAddr,
     rx_buf_len: u32,
+    /// Receive buffers posted (the ring's size, or half of it when each chain takes two descriptors).
+    rx_buffers: u16,
     tx: DriverQueue<M, u16>,
     tx_base: DeviceAddr,
     tx_slot_len: u32,
     tx_small_base: DeviceAddr,
     tx_free: SlotFifo,
+}
+
+impl<M: RingMemory> DriverPair<M> {
+    /// [`fill_tx`](Self::fill_tx) with the header in a descriptor of its own (a legacy device without ANY_LAYOUT),
+    /// kept out of line so that `queue_tx` keeps the code of its usual path only. Its chains are published one by
+    /// one (`add`), so that `add_unpublished` keeps the usual path as its one caller, which the compiler specialises
+    /// for one readable buffer (2–4 instructions a frame, callgrind).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)] // as `fill_tx`
+    fn fill_tx_header_alone(
+        &mut self,
+        memory: &M,
+        small_area: Option<DeviceSlice<'_>>,
+        frames: &[&[u8]],
+        header_bytes: &[u8],
+        hl: usize,
+        max_frame: usize,
+        queue: u16,
+    ) -> (usize, Option<NetError>) {
+        self.fill_tx::<true>(
+            memory,
+            small_area,
+            frames,
+            header_bytes,
+            hl,
+            max_frame,
+            queue,
+        )
+    }
+
+    /// The copy-and-add loop of [`NetDriver::queue_tx`]: copies header and frame into the next free slot and adds
+    /// its chain, frame after frame, until one is too long or there is no free slot. `HEADER_ALONE`: the header goes
+    /// in a descriptor of its own (§5.1.6.7). Returns the frames queued and the error that stopped the loop, if one
+    /// did.
+    #[inline(always)]
+    // The burst's state as separate arguments: gathered in a struct it cost `queue_tx` 6–8 more instructions a frame
+    // (callgrind, tests/benches/net-callgrind.sh).
+    #[allow(clippy::too_many_arguments)]
+    fn fill_tx<const HEADER_ALONE: bool>(
+        &mut self,
+        memory: &M,
+        small_area: Option<DeviceSlice<'_>>,
+        frames: &[&[u8]],
+        header_bytes: &[u8],
+        hl: usize,
+        max_frame: usize,
+        queue: u16,
+    ) -> (usize, Option<NetError>) {
+        let mut queued = 0;
+        let mut error = None;
+        for frame in frames {
+            if frame.len() > max_frame {
+                break;
+            }
+            let Some(slot) = self.tx_free.pop_front() else {
+                break;
+            };
+            let total = hl + frame.len();
+            let len = u32::try_from(total).unwrap_or(u32::MAX);
+            let addr = if len <= TX_SMALL_SLOT {
+                self.tx_small_base.raw() + u64::from(slot) * u64::from(TX_SMALL_SLOT)
+            } else {
+                self.tx_base.raw() + u64::from(slot) * u64::from(self.tx_slot_len)
+            };
+            let addr = DeviceAddr::new(addr);
+            // Small frames: a sub-slice of the small-buffer array translated once per call.
+            let slice = match small_area {
+                Some(area) if len <= TX_SMALL_SLOT => {
+                    area.subslice(usize::from(slot) * TX_SMALL_SLOT as usize, total)
+                }
+                _ => DeviceSlice::new(memory, addr, total),
+            };
+            let Some(slice) = slice else {
+                self.tx_free.push_front(slot);
+                error = Some(NetError::QueueNotActive(queue));
+                break;
+            };
+            slice.write_at(0, header_bytes);
+            slice.write_at(hl, frame);
+            let added = if !HEADER_ALONE {
+                // Published once for the whole burst, by `kick_prepare` in `queue_tx`.
+                self.tx
+                    .add_unpublished(&[Buffer::new(addr, len)], &[], slot)
+            } else if frame.is_empty() {
+                self.tx.add(&[Buffer::new(addr, len)], &[], slot)
+            } else {
+                // §5.1.6.7: the header alone in the first descriptor, the frame (right after it) in the next.
+                let header = u32::try_from(hl).unwrap_or(0);
+                let data = DeviceAddr::new(addr.raw() + u64::from(header));
+                self.tx.add(
+                    &[Buffer::new(addr, header), Buffer::new(data, len - header)],
+                    &[],
+                    slot,
+                )
+            };
+            if let Err(e) = added {
+                self.tx_free.push_front(slot);
+                error = Some(ring_err(queue)(e));
+                break;
+            }
+            queued += 1;
+        }
+        (queued, error)
+    }
 }
 
 #[derive(Debug)]
@@ -268,6 +388,8 @@ pub struct NetDriver<T, M> {
     memory: M,
     features: Features,
     header_len: HeaderLen,
+    /// The header goes in a descriptor of its own (legacy device without ANY_LAYOUT, §5.1.6.7).
+    header_alone: bool,
     pairs: Vec<DriverPair<M>>,
     ctrl: Option<CtrlQueue<M>>,
     ctrl_index: u16,
@@ -313,6 +435,132 @@ fn ring_err(queue: u16) -> impl Fn(virtio_core::Error) -> NetError {
     move |source| NetError::Ring { queue, source }
 }
 
+/// Where a control request is cut into device-readable descriptors: the end offset of each piece, and how many
+/// pieces. One piece; or, on a legacy device without ANY_LAYOUT (§5.1.6.7), class and command alone, then the
+/// command data, for MAC_TABLE_SET one piece per MAC table. A request too short or malformed to be cut that way
+/// keeps its data in one piece.
+fn ctrl_request_pieces(request: &[u8], header_alone: bool) -> ([usize; 3], usize) {
+    let len = request.len();
+    if len == 0 {
+        return ([0; 3], 0);
+    }
+    if !header_alone || len <= 2 {
+        return ([len, 0, 0], 1);
+    }
+    // The unicast table: a 32-bit entry count (written little-endian by `CtrlCommand::emit`) and 6 bytes per entry.
+    let unicast_end = match request {
+        [wire::ctrl::CLASS_MAC, wire::ctrl::MAC_TABLE_SET, e0, e1, e2, e3, ..] => {
+            usize::try_from(u32::from_le_bytes([*e0, *e1, *e2, *e3]))
+                .ok()
+                .and_then(|entries| entries.checked_mul(6))
+                .and_then(|macs| macs.checked_add(2 + 4))
+                .filter(|&end| end < len)
+        }
+        _ => None,
+    };
+    match unicast_end {
+        Some(end) => ([2, end, len], 3),
+        None => ([2, len, 0], 2),
+    }
+}
+
+/// Makes receive buffer `token` (`len` bytes at `addr`) available as one device-writable descriptor, or with
+/// `header_alone` (the header length) as two: the header's bytes, then the rest (§5.1.6.7). The device fills a chain
+/// front to back and the two descriptors are adjacent in memory, so the buffer reads the same either way.
+#[inline]
+fn post_rx<M: RingMemory>(
+    rx: &mut DriverQueue<M, u16>,
+    addr: DeviceAddr,
+    len: u32,
+    header_alone: Option<u32>,
+    token: u16,
+) -> virtio_core::Result<u16> {
+    match header_alone {
+        Some(header) if header < len => {
+            let data = DeviceAddr::new(addr.raw() + u64::from(header));
+            rx.add(
+                &[],
+                &[Buffer::new(addr, header), Buffer::new(data, len - header)],
+                token,
+            )
+        }
+        _ => rx.add(&[], &[Buffer::new(addr, len)], token),
+    }
+}
+
+/// The transport as feature negotiation sees it: when VERSION_1 is going to be negotiated, VIRTIO_F_ANY_LAYOUT is
+/// taken out of the device's offer. The bit means something only through a legacy interface (§2.7.4.3, §6.3); a
+/// modern driver does not acknowledge it (Linux keeps it in its legacy feature table only), and it must not reach
+/// the device's FEATURES_OK check. Everything else passes through.
+struct LegacyAnyLayout<'a, T> {
+    transport: &'a mut T,
+    /// Whether the driver accepts VERSION_1 (so it is negotiated if the device offers it).
+    accepts_version_1: bool,
+}
+
+impl<T: Transport> Transport for LegacyAnyLayout<'_, T> {
+    fn device_type(&self) -> u32 {
+        self.transport.device_type()
+    }
+
+    fn device_features(&mut self) -> Features {
+        let offered = self.transport.device_features();
+        if self.accepts_version_1 && offered.contains(Features::VERSION_1) {
+            offered - Features::ANY_LAYOUT
+        } else {
+            offered
+        }
+    }
+
+    fn write_driver_features(&mut self, features: Features) {
+        self.transport.write_driver_features(features);
+    }
+
+    fn status(&mut self) -> DeviceStatus {
+        self.transport.status()
+    }
+
+    fn write_status(&mut self, status: DeviceStatus) {
+        self.transport.write_status(status);
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u16 {
+        self.transport.max_queue_size(queue)
+    }
+
+    fn setup_queue(&mut self, queue: u16, config: &QueueConfig) -> virtio_core::Result<()> {
+        self.transport.setup_queue(queue, config)
+    }
+
+    fn reset_queue(&mut self, queue: u16) -> virtio_core::Result<()> {
+        self.transport.reset_queue(queue)
+    }
+
+    fn notify(&mut self, queue: u16, value: u32) {
+        self.transport.notify(queue, value);
+    }
+
+    fn config_generation(&mut self) -> u32 {
+        self.transport.config_generation()
+    }
+
+    fn read_config(&mut self, offset: usize, data: &mut [u8]) -> virtio_core::Result<()> {
+        self.transport.read_config(offset, data)
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) -> virtio_core::Result<()> {
+        self.transport.write_config(offset, data)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptCause {
+        self.transport.ack_interrupt()
+    }
+
+    fn reset(&mut self) {
+        self.transport.reset();
+    }
+}
+
 impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     /// Initialises the device (§3.1.1) and sets up queues and buffers in `region`.
     pub fn new(
@@ -346,8 +594,16 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         config: NetDriverConfig,
         before_queues: impl FnOnce(&mut T, u16) -> Result<()>,
     ) -> Result<Self> {
-        let features = transport.begin_init(config.supported | config.required, config.required)?;
+        let accepted = config.supported | config.required;
+        let features = LegacyAnyLayout {
+            transport: &mut transport,
+            accepts_version_1: accepted.contains(Features::VERSION_1),
+        }
+        .begin_init(accepted, config.required)?;
         let header_len = HeaderLen::for_features(features);
+        // §5.1.6.7: a legacy device that did not take ANY_LAYOUT wants the header in a descriptor of its own.
+        let header_alone = !features.intersects(Features::VERSION_1 | Features::ANY_LAYOUT);
+        let descriptors_per_chain = if header_alone { 2 } else { 1 };
         let mut bytes = [0u8; 24];
         let config_len = ConfigRepr::len_for(features);
         transport.read_config_consistent(0, bytes.get_mut(..config_len).unwrap_or(&mut []))?;
@@ -418,19 +674,29 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let mut out_pairs = Vec::with_capacity(usize::from(pairs));
         for p in 0..pairs {
             let rx = queue(&mut transport, 2 * p, &mut carver)?;
-            let rx_base = carver.take(u64::from(rx.size()) * u64::from(rx_buf_len))?;
+            // As many buffers and slots as chains fit the ring at once.
+            let rx_buffers = rx.size() / descriptors_per_chain;
+            if rx_buffers == 0 {
+                return Err(NetError::QueueNotActive(2 * p));
+            }
+            let rx_base = carver.take(u64::from(rx_buffers) * u64::from(rx_buf_len))?;
             let tx = queue(&mut transport, 2 * p + 1, &mut carver)?;
-            let tx_small_base = carver.take(u64::from(tx.size()) * u64::from(TX_SMALL_SLOT))?;
+            let tx_slots = tx.size() / descriptors_per_chain;
+            if tx_slots == 0 {
+                return Err(NetError::QueueNotActive(2 * p + 1));
+            }
+            let tx_small_base = carver.take(u64::from(tx_slots) * u64::from(TX_SMALL_SLOT))?;
             let (tx_base, tx_slot_len) = if config.tx_big_buffers {
-                (carver.take(u64::from(tx.size()) * u64::from(big))?, big)
+                (carver.take(u64::from(tx_slots) * u64::from(big))?, big)
             } else {
                 (tx_small_base, 0)
             };
-            let tx_free = SlotFifo::new(tx.size());
+            let tx_free = SlotFifo::new(tx_slots);
             out_pairs.push(DriverPair {
                 rx,
                 rx_base,
                 rx_buf_len,
+                rx_buffers,
                 tx,
                 tx_base,
                 tx_slot_len,
@@ -450,6 +716,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             memory,
             features,
             header_len,
+            header_alone,
             pairs: out_pairs,
             ctrl,
             ctrl_index,
@@ -471,16 +738,22 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
 
     fn post_all_rx(&mut self, pair: u16) -> Result<()> {
         let queue = 2 * pair;
+        let header_alone = self.rx_header_alone();
         let p = self
             .pairs
             .get_mut(usize::from(pair))
             .ok_or(NetError::QueueNotActive(queue))?;
-        for i in 0..p.rx.size() {
+        for i in 0..p.rx_buffers {
             let addr = DeviceAddr::new(p.rx_base.raw() + u64::from(i) * u64::from(p.rx_buf_len));
-            p.rx.add(&[], &[Buffer::new(addr, p.rx_buf_len)], i)
-                .map_err(ring_err(queue))?;
+            post_rx(&mut p.rx, addr, p.rx_buf_len, header_alone, i).map_err(ring_err(queue))?;
         }
         Ok(())
+    }
+
+    /// The header length when receive buffers keep the header in a descriptor of its own (see [`post_rx`]).
+    fn rx_header_alone(&self) -> Option<u32> {
+        self.header_alone
+            .then(|| u32::try_from(self.header_len.bytes()).unwrap_or(0))
     }
 
     /// Notifies `queue` if the device wants it.
@@ -628,6 +901,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     ) -> Result<usize> {
         let queue = 2 * pair + 1;
         let hl = self.header_len.bytes();
+        let header_alone = self.header_alone;
         let max_frame = self.max_tx_frame();
         if let Some(first) = frames.first() {
             if first.len() > max_frame {
@@ -655,12 +929,10 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             p.tx.pop_used_batch(|used| tx_free.push_back(used.token))
                 .map_err(ring_err(queue))?;
         }
-        let mut queued = 0;
-        let mut error = None;
         let small_area = DeviceSlice::new(
             memory,
             p.tx_small_base,
-            usize::from(p.tx.size()) * TX_SMALL_SLOT as usize,
+            p.tx_free.capacity() * TX_SMALL_SLOT as usize,
         );
         if let Some(area) = small_area {
             // The device read these slots last: ask for them owned now, so that their misses overlap instead of
@@ -675,43 +947,28 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 }
             }
         }
-        for frame in frames {
-            if frame.len() > max_frame {
-                break;
-            }
-            let Some(slot) = p.tx_free.pop_front() else {
-                break;
-            };
-            let total = hl + frame.len();
-            let len = u32::try_from(total).unwrap_or(u32::MAX);
-            let addr = if len <= TX_SMALL_SLOT {
-                p.tx_small_base.raw() + u64::from(slot) * u64::from(TX_SMALL_SLOT)
-            } else {
-                p.tx_base.raw() + u64::from(slot) * u64::from(p.tx_slot_len)
-            };
-            let addr = DeviceAddr::new(addr);
-            // Small frames: a sub-slice of the small-buffer array translated once per call.
-            let slice = match small_area {
-                Some(area) if len <= TX_SMALL_SLOT => {
-                    area.subslice(usize::from(slot) * TX_SMALL_SLOT as usize, total)
-                }
-                _ => DeviceSlice::new(memory, addr, total),
-            };
-            let Some(slice) = slice else {
-                p.tx_free.push_front(slot);
-                error = Some(NetError::QueueNotActive(queue));
-                break;
-            };
-            slice.write_at(0, header_bytes);
-            slice.write_at(hl, frame);
-            // Published once for the whole burst, by `kick_prepare` below.
-            if let Err(e) = p.tx.add_unpublished(&[Buffer::new(addr, len)], &[], slot) {
-                p.tx_free.push_front(slot);
-                error = Some(ring_err(queue)(e));
-                break;
-            }
-            queued += 1;
-        }
+        // One copy of the loop per descriptor layout: the usual one keeps no per-frame test of it.
+        let (queued, error) = if header_alone {
+            p.fill_tx_header_alone(
+                memory,
+                small_area,
+                frames,
+                header_bytes,
+                hl,
+                max_frame,
+                queue,
+            )
+        } else {
+            p.fill_tx::<false>(
+                memory,
+                small_area,
+                frames,
+                header_bytes,
+                hl,
+                max_frame,
+                queue,
+            )
+        };
         if queued > 0 {
             self.kick(queue);
         }
@@ -727,6 +984,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let queue = 2 * pair;
         let hl = self.header_len.bytes();
         let mergeable = self.features.contains(feature::MRG_RXBUF);
+        let header_alone = self.rx_header_alone();
         let memory = &self.memory;
         let p = self
             .pairs
@@ -762,7 +1020,7 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let mut tokens = [first.token; 1];
         let rx_buf_len = p.rx_buf_len;
         let repost = |q: &mut DriverQueue<M, u16>, i: u16| {
-            q.add(&[], &[Buffer::new(addr_of(i), rx_buf_len)], i)
+            post_rx(q, addr_of(i), rx_buf_len, header_alone, i)
         };
         repost(&mut p.rx, tokens[0]).map_err(ring_err(queue))?;
         let count = if mergeable && !fault {
@@ -829,19 +1087,24 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     /// commands this crate does not model).
     pub fn command_raw(&mut self, request: &[u8]) -> Result<u8> {
         let queue = self.ctrl_index;
+        let header_alone = self.header_alone;
         let ctrl = self.ctrl.as_mut().ok_or(NetError::QueueNotActive(queue))?;
         let len = request.len().min(CTRL_ACK_OFFSET);
+        let request = request.get(..len).unwrap_or(&[]);
         let req = DeviceSlice::new(&self.memory, ctrl.base, CTRL_BUF_LEN)
             .ok_or(NetError::QueueNotActive(queue))?;
-        req.write_at(0, request.get(..len).unwrap_or(&[]));
+        req.write_at(0, request);
         req.write_at(CTRL_ACK_OFFSET, &[0xff]);
         let ack_addr = DeviceAddr::new(ctrl.base.raw() + CTRL_ACK_OFFSET as u64);
-        let readable = [Buffer::new(ctrl.base, u32::try_from(len).unwrap_or(0))];
-        let readable = if len == 0 {
-            &readable[..0]
-        } else {
-            &readable[..]
-        };
+        let (ends, pieces) = ctrl_request_pieces(request, header_alone);
+        let mut readable = [Buffer::new(ctrl.base, 0); 3];
+        let mut start = 0;
+        for (buffer, end) in readable.iter_mut().zip(ends).take(pieces) {
+            let at = DeviceAddr::new(ctrl.base.raw() + start as u64);
+            *buffer = Buffer::new(at, u32::try_from(end - start).unwrap_or(0));
+            start = end;
+        }
+        let readable = readable.get(..pieces).unwrap_or(&[]);
         ctrl.queue
             .add(readable, &[Buffer::new(ack_addr, 1)], 0)
             .map_err(ring_err(queue))?;
@@ -947,7 +1210,33 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::SlotFifo;
+    use super::{ctrl_request_pieces, SlotFifo};
+    use crate::wire::ctrl;
+
+    #[test]
+    fn ctrl_request_pieces_cut_only_without_any_layout_and_keep_malformed_tables_whole() {
+        let rx = [ctrl::CLASS_RX, ctrl::RX_PROMISC, 1];
+        assert_eq!(ctrl_request_pieces(&rx, false), ([3, 0, 0], 1));
+        assert_eq!(ctrl_request_pieces(&rx, true), ([2, 3, 0], 2));
+        // Nothing to cut: empty, class only, class and command only.
+        assert_eq!(ctrl_request_pieces(&[], true), ([0; 3], 0));
+        assert_eq!(ctrl_request_pieces(&rx[..1], true), ([1, 0, 0], 1));
+        assert_eq!(ctrl_request_pieces(&rx[..2], true), ([2, 0, 0], 1));
+        // MAC_TABLE_SET: one unicast entry, then a multicast table of none.
+        let mut tables = alloc::vec![ctrl::CLASS_MAC, ctrl::MAC_TABLE_SET, 1, 0, 0, 0];
+        tables.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(ctrl_request_pieces(&tables, true), ([2, 12, 16], 3));
+        assert_eq!(ctrl_request_pieces(&tables, false), ([16, 0, 0], 1));
+        // A unicast count that runs to the end or past it (or overflows) leaves the data in one piece.
+        let mut whole = tables.clone();
+        whole.truncate(12);
+        assert_eq!(ctrl_request_pieces(&whole, true), ([2, 12, 0], 2));
+        let mut huge = tables.clone();
+        huge.splice(2..6, u32::MAX.to_le_bytes());
+        assert_eq!(ctrl_request_pieces(&huge, true), ([2, 16, 0], 2));
+        let truncated = tables.get(..4).unwrap();
+        assert_eq!(ctrl_request_pieces(truncated, true), ([2, 4, 0], 2));
+    }
 
     #[test]
     fn slot_fifo_hands_slots_back_oldest_first_across_wraps() {
