@@ -142,19 +142,38 @@ impl NetDeviceBuilder {
         self
     }
 
-    /// Reports `mtu` (VIRTIO_NET_F_MTU).
-    pub fn mtu(mut self, mtu: u16) -> Self {
+    /// Reports `mtu` (VIRTIO_NET_F_MTU). Once a driver negotiates it, received frames longer than `mtu` plus the
+    /// 14-byte Ethernet header that ask for no segmentation are dropped ([`DropReason::RxOverMtu`], §5.1.4.1).
+    ///
+    /// Errors: [`NetError::InvalidArgument`] for an `mtu` below [`wire::MTU_MIN`] (68), which the device must not
+    /// present (§5.1.4.1).
+    pub fn mtu(mut self, mtu: u16) -> Result<Self> {
+        if mtu < wire::MTU_MIN {
+            return Err(NetError::InvalidArgument);
+        }
         self.config.mtu = mtu;
         self.offered |= feature::MTU;
-        self
+        Ok(self)
     }
 
     /// Reports speed (Mbit/s) and duplex (VIRTIO_NET_F_SPEED_DUPLEX).
-    pub fn speed_duplex(mut self, speed: u32, duplex: u8) -> Self {
+    ///
+    /// Errors: [`NetError::InvalidArgument`] for a value §5.1.4 does not define: `speed` above
+    /// [`wire::SPEED_MAX`] other than [`wire::SPEED_UNKNOWN`], `duplex` other than [`wire::DUPLEX_HALF`],
+    /// [`wire::DUPLEX_FULL`] or [`wire::DUPLEX_UNKNOWN`].
+    pub fn speed_duplex(mut self, speed: u32, duplex: u8) -> Result<Self> {
+        let speed_valid = speed <= wire::SPEED_MAX || speed == wire::SPEED_UNKNOWN;
+        let duplex_valid = matches!(
+            duplex,
+            wire::DUPLEX_HALF | wire::DUPLEX_FULL | wire::DUPLEX_UNKNOWN
+        );
+        if !speed_valid || !duplex_valid {
+            return Err(NetError::InvalidArgument);
+        }
         self.config.speed = speed;
         self.config.duplex = duplex;
         self.offered |= feature::SPEED_DUPLEX;
-        self
+        Ok(self)
     }
 
     /// Offers `pairs` queue pairs (VIRTIO_NET_F_MQ when above 1; it needs [`ctrl`](Self::ctrl) too).
@@ -237,6 +256,7 @@ impl NetDeviceBuilder {
             last_error: None,
             filter: Filter::new(),
             curr_pairs: 1,
+            rx_frame_limit: MAX_FRAME_LEN,
         }
     }
 }
@@ -421,6 +441,10 @@ pub struct NetDevice<B, M, I> {
     last_error: Option<NetError>,
     filter: Filter,
     curr_pairs: u16,
+    /// Longest backend frame `process_rx` passes without a second look: [`MAX_FRAME_LEN`], or `mtu` plus the
+    /// Ethernet header once VIRTIO_NET_F_MTU is negotiated (set at activation, so that the RX path compares each
+    /// frame once; see [`rx_over_limit`]).
+    rx_frame_limit: usize,
 }
 
 impl<B, M, I> fmt::Debug for NetDevice<B, M, I> {
@@ -518,6 +542,23 @@ fn tx_length_fault(readable: usize, header_len: usize) -> Option<DropReason> {
         Some(DropReason::HeaderTooShort)
     } else if readable - header_len > MAX_FRAME_LEN {
         Some(DropReason::FrameTooLarge)
+    } else {
+        None
+    }
+}
+
+/// Why a backend frame of `frame_len` bytes, longer than the device's `rx_frame_limit`, is dropped, if it is:
+/// longer than [`MAX_FRAME_LEN`]; or (the limit being `mtu` + 14 under VIRTIO_NET_F_MTU) asking for no segmentation
+/// in its backend header `backend_header` (§5.1.4.1). A segmented frame passes up to [`MAX_FRAME_LEN`]. Kept out of
+/// `process_rx`, whose frames within the limit never get here.
+#[cold]
+#[inline(never)]
+fn rx_over_limit(frame_len: usize, backend_header: &[u8]) -> Option<DropReason> {
+    if frame_len > MAX_FRAME_LEN {
+        Some(DropReason::FrameTooLarge)
+    } else if !wire::gso::is_segmented(wire::Header::new_unchecked(backend_header).gso_type()) {
+        // A backend without headers (`backend_header` empty) reads as gso_type NONE, as the driver will see it.
+        Some(DropReason::RxOverMtu)
     } else {
         None
     }
@@ -985,6 +1026,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
         let backend_header = self.backend.vnet_header_len().min(MAX_HEADER);
         let vlan_filter = self.features.contains(feature::CTRL_VLAN);
         let own_mac = self.config.mac;
+        let rx_frame_limit = self.rx_frame_limit;
         let Self {
             pairs,
             backend,
@@ -1048,9 +1090,13 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> NetDevice<B, M, I> {
                 note(counters, &mut first, queue, DropReason::Backend);
                 continue;
             };
-            if frame_len > MAX_FRAME_LEN {
-                note(counters, &mut first, queue, DropReason::FrameTooLarge);
-                continue;
+            if frame_len > rx_frame_limit {
+                if let Some(reason) =
+                    rx_over_limit(frame_len, rx_frame.get(..backend_header).unwrap_or(&[]))
+                {
+                    note(counters, &mut first, queue, reason);
+                    continue;
+                }
             }
             let frame = rx_frame.get(backend_header..len).unwrap_or(&[]);
             if !filter.accepts(frame, &own_mac, vlan_filter) {
@@ -1435,6 +1481,12 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> VirtioDevice for NetDevice<B, M
         }
         self.features = features;
         self.header_len = HeaderLen::for_features(features);
+        self.rx_frame_limit = if features.contains(feature::MTU) {
+            // §5.1.4.1: "mtu (plus low level ethernet header length)".
+            (usize::from(self.config.mtu) + wire::ETH_HEADER_LEN).min(MAX_FRAME_LEN)
+        } else {
+            MAX_FRAME_LEN
+        };
         self.curr_pairs = 1;
         self.filter = Filter::new();
         let ctrl = self.ctrl_index();
@@ -1485,6 +1537,7 @@ impl<B: NetBackend, M: RingMemory, I: Interrupt> VirtioDevice for NetDevice<B, M
             });
         }
         self.features = Features::empty();
+        self.rx_frame_limit = MAX_FRAME_LEN;
         self.interrupt = None;
         self.curr_pairs = 1;
         self.filter = Filter::new();

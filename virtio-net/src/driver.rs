@@ -300,9 +300,9 @@ impl<M: RingMemory> DriverPair<M> {
     }
 
     /// The copy-and-add loop of [`NetDriver::queue_tx`]: copies header and frame into the next free slot and adds
-    /// its chain, frame after frame, until one is too long or there is no free slot. `HEADER_ALONE`: the header goes
-    /// in a descriptor of its own (§5.1.6.7). Returns the frames queued and the error that stopped the loop, if one
-    /// did.
+    /// its chain, frame after frame, until one is longer than `max_frame` ([`NetError::FrameTooLarge`] if it is the
+    /// first) or there is no free slot. `HEADER_ALONE`: the header goes in a descriptor of its own (§5.1.6.7).
+    /// Returns the frames queued and the error that stopped the loop, if one did.
     #[inline(always)]
     // The burst's state as separate arguments: gathered in a struct it cost `queue_tx` 6–8 more instructions a frame
     // (callgrind, tests/benches/net-callgrind.sh).
@@ -321,6 +321,12 @@ impl<M: RingMemory> DriverPair<M> {
         let mut error = None;
         for frame in frames {
             if frame.len() > max_frame {
+                if queued == 0 {
+                    error = Some(NetError::FrameTooLarge {
+                        len: frame.len(),
+                        max: max_frame,
+                    });
+                }
                 break;
             }
             let Some(slot) = self.tx_free.pop_front() else {
@@ -395,6 +401,15 @@ pub struct NetDriver<T, M> {
     ctrl_index: u16,
     active_pairs: u16,
     max_pairs: u16,
+    /// The device's `mtu`, if VIRTIO_NET_F_MTU was negotiated (read once, at initialisation).
+    mtu: Option<u16>,
+    /// Longest frame sent with a header that asks for no segmentation: [`Self::tx_max_segmented`], capped at `mtu`
+    /// plus the Ethernet header with VIRTIO_NET_F_MTU (§5.1.4.2). Worked out once so that a burst picks its limit
+    /// with one test of the header, and its loop keeps its one compare per frame.
+    tx_max_plain: usize,
+    /// Longest frame the transmit buffers take: [`MAX_FRAME_LEN`], or what fits a small slot without
+    /// [`NetDriverConfig::tx_big_buffers`]. The limit of segmented (GSO) frames.
+    tx_max_segmented: usize,
 }
 
 /// Hands out page-aligned pieces of the caller's regions: each piece from the first region with room for it.
@@ -608,6 +623,17 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let config_len = ConfigRepr::len_for(features);
         transport.read_config_consistent(0, bytes.get_mut(..config_len).unwrap_or(&mut []))?;
         let device_config = ConfigRepr::parse(&bytes, features)?;
+        let mtu = features.contains(feature::MTU).then_some(device_config.mtu);
+        let tx_max_segmented = if config.tx_big_buffers {
+            MAX_FRAME_LEN
+        } else {
+            TX_SMALL_SLOT as usize - header_len.bytes()
+        };
+        // §5.1.4.2: with VIRTIO_NET_F_MTU the driver must not transmit frames longer than mtu (plus the Ethernet
+        // header) with gso_type NONE or ECN.
+        let tx_max_plain = mtu.map_or(tx_max_segmented, |mtu| {
+            tx_max_segmented.min(usize::from(mtu) + wire::ETH_HEADER_LEN)
+        });
         let max_pairs = if features.contains(feature::MQ) {
             device_config.max_virtqueue_pairs.max(1)
         } else {
@@ -722,6 +748,9 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             ctrl_index,
             active_pairs: 1,
             max_pairs,
+            mtu,
+            tx_max_plain,
+            tx_max_segmented,
         };
         for p in 0..pairs {
             driver.post_all_rx(p)?;
@@ -834,6 +863,34 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         Ok(self.read_config()?.status & status::LINK_UP != 0)
     }
 
+    /// The device's `mtu` (VIRTIO_NET_F_MTU), or `None` if that was not negotiated. Frames sent with a header that
+    /// asks for no segmentation are limited to it plus the 14-byte Ethernet header (see
+    /// [`max_tx_frame`](Self::max_tx_frame)).
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu
+    }
+
+    /// The link speed in Mbit/s (VIRTIO_NET_F_SPEED_DUPLEX), read from the device now (it may change, §5.1.4.2);
+    /// `None` if the feature was not negotiated or the device reports the speed unknown (§5.1.4: anything above
+    /// [`wire::SPEED_MAX`]).
+    pub fn speed(&mut self) -> Result<Option<u32>> {
+        if !self.features.contains(feature::SPEED_DUPLEX) {
+            return Ok(None);
+        }
+        Ok(Some(self.read_config()?.speed).filter(|speed| *speed <= wire::SPEED_MAX))
+    }
+
+    /// The duplex mode, [`wire::DUPLEX_FULL`] or [`wire::DUPLEX_HALF`] (VIRTIO_NET_F_SPEED_DUPLEX), read from the
+    /// device now (it may change, §5.1.4.2); `None` if the feature was not negotiated or the device reports the
+    /// duplex unknown (or a value §5.1.4 does not define).
+    pub fn duplex(&mut self) -> Result<Option<u8>> {
+        if !self.features.contains(feature::SPEED_DUPLEX) {
+            return Ok(None);
+        }
+        Ok(Some(self.read_config()?.duplex)
+            .filter(|duplex| matches!(*duplex, wire::DUPLEX_FULL | wire::DUPLEX_HALF)))
+    }
+
     /// Call on a configuration-change interrupt: re-reads the configuration and acks an announce request
     /// (GUEST_ANNOUNCE). Returns the new configuration.
     pub fn handle_config_change(&mut self) -> Result<ConfigRepr> {
@@ -857,17 +914,30 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
             .map_err(ring_err(queue))
     }
 
-    /// The longest frame [`send`](Self::send) takes: [`MAX_FRAME_LEN`], or what fits a small slot without
-    /// [`NetDriverConfig::tx_big_buffers`].
+    /// The longest frame [`send`](Self::send) takes with a header that asks for no segmentation (gso_type NONE or
+    /// ECN): [`MAX_FRAME_LEN`], or what fits a small slot without [`NetDriverConfig::tx_big_buffers`]; with
+    /// VIRTIO_NET_F_MTU at most [`mtu`](Self::mtu) plus the 14-byte Ethernet header (§5.1.4.2).
     pub fn max_tx_frame(&self) -> usize {
-        match self.pairs.first() {
-            Some(p) if p.tx_slot_len == 0 => TX_SMALL_SLOT as usize - self.header_len.bytes(),
-            _ => MAX_FRAME_LEN,
+        self.tx_max_plain
+    }
+
+    /// The longest frame [`send`](Self::send) takes with `header`: [`max_tx_frame`](Self::max_tx_frame) if it asks
+    /// for no segmentation, else what the transmit buffers hold (the MTU limits segments, not the frame).
+    #[inline]
+    pub fn max_tx_frame_for(&self, header: &HeaderRepr) -> usize {
+        if wire::gso::is_segmented(header.gso_type) {
+            self.tx_max_segmented
+        } else {
+            self.tx_max_plain
         }
     }
 
     /// Sends `frame` on `pair` with the offload requests of `header` (checksum, GSO; `num_buffers` is ignored).
     /// Reclaims completed slots first; a burst of one otherwise (see [`send_burst`](Self::send_burst)).
+    ///
+    /// Errors: [`NetError::FrameTooLarge`] for a frame longer than [`max_tx_frame_for`](Self::max_tx_frame_for)
+    /// `header` (with VIRTIO_NET_F_MTU: `mtu` plus the Ethernet header unless `header` asks for segmentation),
+    /// [`NetError::QueueFull`] when no transmit slot is free.
     pub fn send(&mut self, pair: u16, frame: &[u8], header: &HeaderRepr) -> Result<()> {
         match self.queue_tx(pair, &[frame], header, usize::MAX)? {
             0 => Err(NetError::QueueFull),
@@ -878,8 +948,9 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     /// Queues `frames` on `pair`, all with the offload requests of `header` (built once; `num_buffers` is ignored),
     /// and notifies the device at most once. Returns how many frames were queued, in order from the first: fewer
     /// than `frames.len()` (possibly 0) when the ring is full, or when a later frame is longer than
-    /// [`MAX_FRAME_LEN`] (it and the rest are not queued). Completed slots are reclaimed only when fewer than
-    /// [`TX_RECLAIM_BELOW`] are free or fewer than `frames.len()`, so the used ring is read once every few bursts.
+    /// [`max_tx_frame_for`](Self::max_tx_frame_for) `header` (it and the rest are not queued). Completed slots are
+    /// reclaimed only when fewer than [`TX_RECLAIM_BELOW`] are free or fewer than `frames.len()`, so the used ring is
+    /// read once every few bursts.
     ///
     /// Errors: [`NetError::FrameTooLarge`] if the *first* frame is too long; a ring error only if nothing was
     /// queued (otherwise the next call reports it).
@@ -902,15 +973,11 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         let queue = 2 * pair + 1;
         let hl = self.header_len.bytes();
         let header_alone = self.header_alone;
-        let max_frame = self.max_tx_frame();
-        if let Some(first) = frames.first() {
-            if first.len() > max_frame {
-                return Err(NetError::FrameTooLarge {
-                    len: first.len(),
-                    max: max_frame,
-                });
-            }
-        }
+        // Never above MAX_FRAME_LEN, and the compiler is told so: with that bound it drops the overflow checks on
+        // `hl + frame.len()` in the copy loop (about 14 instructions a frame without it, callgrind). A first frame
+        // over the limit is refused by that loop, which compares every frame with it anyway (a check of its own here
+        // cost 2–5 instructions a frame in the loop's register allocation).
+        let max_frame = self.max_tx_frame_for(header).min(MAX_FRAME_LEN);
         let mut h = *header;
         h.num_buffers = 0;
         let header_bytes = h.to_bytes(self.header_len);

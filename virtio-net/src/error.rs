@@ -25,11 +25,15 @@ pub enum DropReason {
     Backend,
     /// A received frame the RX filter (RX mode, MAC table, VLAN filter) rejected. Not an error.
     Filtered,
+    /// A backend frame longer than the negotiated `mtu` plus the 14-byte Ethernet header whose header asks for no
+    /// segmentation (gso_type NONE or ECN): with VIRTIO_NET_F_MTU the device must not pass it to the driver
+    /// (virtio 1.3 §5.1.4.1).
+    RxOverMtu,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -42,6 +46,7 @@ impl DropReason {
         Self::CtrlUnsupported,
         Self::Backend,
         Self::Filtered,
+        Self::RxOverMtu,
     ];
 
     fn index(self) -> usize {
@@ -133,7 +138,8 @@ pub enum NetError {
     /// No free buffer to send with (reclaim completed ones, or wait for the device).
     #[error("transmit queue full")]
     QueueFull,
-    /// A frame longer than [`crate::MAX_FRAME_LEN`] or the buffers the driver set up.
+    /// A frame longer than [`crate::MAX_FRAME_LEN`], than the buffers the driver set up, or (to send, with
+    /// VIRTIO_NET_F_MTU and a header that asks for no segmentation) than `mtu` plus the Ethernet header.
     #[error("frame of {len} bytes is too large (at most {max})")]
     FrameTooLarge {
         /// Bytes offered.
@@ -166,7 +172,8 @@ pub enum NetError {
         /// Bytes needed.
         needed: usize,
     },
-    /// A caller argument is out of range (queue pairs, queue size).
+    /// A caller argument is out of range (queue pairs, queue size, a configuration value the specification does
+    /// not allow).
     #[error("invalid argument")]
     InvalidArgument,
 }

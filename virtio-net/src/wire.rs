@@ -230,6 +230,13 @@ pub mod gso {
     pub const UDP_L4: u8 = 5;
     /// Flag: the TCP frame has ECN (CWR) set.
     pub const ECN: u8 = 0x80;
+
+    /// Whether `gso_type` asks for segmentation: a type other than [`NONE`], the [`ECN`] flag aside. Frames for
+    /// which it does not are the ones VIRTIO_NET_F_MTU limits to `mtu` plus the Ethernet header (virtio 1.3
+    /// §5.1.4.1, §5.1.4.2: "gso_type NONE or ECN").
+    pub const fn is_segmented(gso_type: u8) -> bool {
+        gso_type & !ECN != NONE
+    }
 }
 
 /// A byte view of `struct virtio_net_hdr` (virtio 1.3 §5.1.6) of any of its three lengths.
@@ -486,6 +493,14 @@ pub const DUPLEX_HALF: u8 = 0;
 pub const DUPLEX_UNKNOWN: u8 = 0xff;
 /// `speed` value: unknown.
 pub const SPEED_UNKNOWN: u32 = 0xffff_ffff;
+/// Highest known `speed` in Mbit/s (virtio 1.3 §5.1.4: 0 to 0x7fffffff, or [`SPEED_UNKNOWN`]).
+pub const SPEED_MAX: u32 = 0x7fff_ffff;
+/// Smallest `mtu` a device may present (virtio 1.3 §5.1.4.1: "between 68 and 65535").
+pub const MTU_MIN: u16 = 68;
+/// Bytes of the Ethernet header (destination, source, EtherType) that `mtu` does not count: with VIRTIO_NET_F_MTU a
+/// frame asking for no segmentation holds at most `mtu` plus these (§5.1.4.1 "plus low level ethernet header
+/// length").
+pub const ETH_HEADER_LEN: usize = 14;
 
 /// The parsed device configuration space (virtio 1.3 §5.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -921,6 +936,16 @@ impl<'a> CtrlCommand<'a> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gso_is_segmented_for_every_type_but_none_with_or_without_ecn() {
+        assert!(!gso::is_segmented(gso::NONE));
+        assert!(!gso::is_segmented(gso::ECN));
+        for t in [gso::TCPV4, gso::UDP, gso::TCPV6, gso::UDP_L4] {
+            assert!(gso::is_segmented(t), "{t}");
+            assert!(gso::is_segmented(t | gso::ECN), "{t} | ECN");
+        }
+    }
 
     #[test]
     fn header_forms_round_trip() {
