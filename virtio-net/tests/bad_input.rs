@@ -211,6 +211,29 @@ impl Rig {
         );
     }
 
+    /// A hostile TX chain (`readable` contents, `writable` lengths) alone in its `process_tx` call: the call returns
+    /// the drop under `reason`, counted once; the chain comes back used and empty, nothing reaches the backend, and
+    /// both queues still serve.
+    fn expect_tx_dropped(
+        &mut self,
+        readable: &[&[u8]],
+        writable: &[u32],
+        reason: DropReason,
+        case: &str,
+    ) {
+        let token = self.tx.add(readable, writable).unwrap();
+        assert_eq!(
+            self.net.process_tx(0),
+            dropped(TX_QUEUE, reason),
+            "{} {case}",
+            self.what
+        );
+        self.assert_counted_once(reason, case);
+        self.assert_tx_returned_empty(token, case);
+        assert!(self.net.backend().sent.is_empty(), "{} {case}", self.what);
+        self.assert_serves(case);
+    }
+
     /// Both queues still serve: a good frame crosses each way, with its header and `num_buffers`.
     fn assert_serves(&mut self, case: &str) {
         let what = format!("{} {case}", self.what);
@@ -277,18 +300,7 @@ fn tx_header_shorter_than_negotiated_returns_header_too_short() {
     ];
     for (packed, slices) in rigs() {
         for (case, readable) in cases {
-            let mut r = rig(packed, slices);
-            let token = r.tx.add(readable, &[]).unwrap();
-            assert_eq!(
-                r.net.process_tx(0),
-                dropped(TX_QUEUE, DropReason::HeaderTooShort),
-                "{} {case}",
-                r.what
-            );
-            r.assert_counted_once(DropReason::HeaderTooShort, case);
-            r.assert_tx_returned_empty(token, case);
-            assert!(r.net.backend().sent.is_empty(), "{} {case}", r.what);
-            r.assert_serves(case);
+            rig(packed, slices).expect_tx_dropped(readable, &[], DropReason::HeaderTooShort, case);
         }
     }
 }
@@ -309,18 +321,12 @@ fn tx_chain_with_writable_buffer_returns_tx_chain_writable() {
     ];
     for (packed, slices) in rigs() {
         for (case, readable, writable) in cases {
-            let mut r = rig(packed, slices);
-            let token = r.tx.add(readable, writable).unwrap();
-            assert_eq!(
-                r.net.process_tx(0),
-                dropped(TX_QUEUE, DropReason::TxChainWritable),
-                "{} {case}",
-                r.what
+            rig(packed, slices).expect_tx_dropped(
+                readable,
+                writable,
+                DropReason::TxChainWritable,
+                case,
             );
-            r.assert_counted_once(DropReason::TxChainWritable, case);
-            r.assert_tx_returned_empty(token, case);
-            assert!(r.net.backend().sent.is_empty(), "{} {case}", r.what);
-            r.assert_serves(case);
         }
     }
 }
@@ -337,18 +343,7 @@ fn tx_frame_over_64_kib_returns_frame_too_large() {
     ];
     for (packed, slices) in rigs() {
         for (case, readable) in cases {
-            let mut r = rig(packed, slices);
-            let token = r.tx.add(readable, &[]).unwrap();
-            assert_eq!(
-                r.net.process_tx(0),
-                dropped(TX_QUEUE, DropReason::FrameTooLarge),
-                "{} {case}",
-                r.what
-            );
-            r.assert_counted_once(DropReason::FrameTooLarge, case);
-            r.assert_tx_returned_empty(token, case);
-            assert!(r.net.backend().sent.is_empty(), "{} {case}", r.what);
-            r.assert_serves(case);
+            rig(packed, slices).expect_tx_dropped(readable, &[], DropReason::FrameTooLarge, case);
         }
         // One byte less is the largest frame, and goes through.
         let mut r = rig(packed, slices);
