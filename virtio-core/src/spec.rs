@@ -50,6 +50,11 @@ impl Features {
     pub const TRANSPORT_MASK: Features =
         Features::from_bits_retain(((1 << 42) - 1) & !((1 << 24) - 1));
 
+    /// Transport bits that mean something only through a legacy interface (virtio 1.3 §6.3): a transitional device
+    /// may offer them, and a driver that negotiates VERSION_1 leaves them alone.
+    pub const LEGACY_ONLY: Features =
+        Features::from_bits_retain(Features::NOTIFY_ON_EMPTY.bits() | Features::ANY_LAYOUT.bits());
+
     /// Bits that only a device offering VERSION_1 may offer and only a non-legacy driver may accept.
     pub const MODERN_ONLY: Features = Features::from_bits_retain(
         Features::ACCESS_PLATFORM.bits()

@@ -174,13 +174,18 @@ impl Negotiation {
     }
 }
 
-/// Chooses the features a driver accepts: what it supports ∩ what the device offers. Fails if a `required` bit is
-/// missing.
+/// Chooses the features a driver accepts: what it supports ∩ what the device offers. When that includes VERSION_1,
+/// the legacy-only bits ([`Features::LEGACY_ONLY`], §6.3) count as not offered. Fails if a `required` bit is missing.
 pub fn select_features(
     offered: Features,
     supported: Features,
     required: Features,
 ) -> Result<Features> {
+    let offered = if (offered & supported).contains(Features::VERSION_1) {
+        offered - Features::LEGACY_ONLY
+    } else {
+        offered
+    };
     let missing = required - offered;
     if !missing.is_empty() {
         return Err(Error::MissingFeatures {
@@ -321,6 +326,34 @@ mod tests {
             Err(Error::MissingFeatures {
                 missing: Features::RING_PACKED.bits()
             })
+        );
+    }
+
+    #[test]
+    fn select_features_leaves_legacy_only_bits_to_legacy_negotiations() {
+        let legacy_bits = Features::ANY_LAYOUT | Features::NOTIFY_ON_EMPTY;
+        let offered = Features::VERSION_1 | Features::EVENT_IDX | legacy_bits;
+        let all = offered | Features::INDIRECT_DESC;
+        // A modern negotiation drops them, even when the driver supports them.
+        assert_eq!(
+            select_features(offered, all, Features::empty()),
+            Ok(Features::VERSION_1 | Features::EVENT_IDX)
+        );
+        // A driver that requires one cannot get it from a modern negotiation.
+        assert_eq!(
+            select_features(offered, all, Features::ANY_LAYOUT),
+            Err(Error::MissingFeatures {
+                missing: Features::ANY_LAYOUT.bits()
+            })
+        );
+        // Without VERSION_1 on both sides they pass as any other bit.
+        assert_eq!(
+            select_features(offered, all - Features::VERSION_1, Features::empty()),
+            Ok(Features::EVENT_IDX | legacy_bits)
+        );
+        assert_eq!(
+            select_features(offered - Features::VERSION_1, all, Features::ANY_LAYOUT),
+            Ok(Features::EVENT_IDX | legacy_bits)
         );
     }
 }

@@ -23,10 +23,10 @@
 
 use alloc::vec::Vec;
 
-use virtio_core::transport::{InterruptCause, Transport};
+use virtio_core::transport::Transport;
 use virtio_core::{
-    Buffer, DeviceAddr, DeviceSlice, DeviceStatus, DriverQueue, Features, QueueConfig, RingFormat,
-    RingLayout, RingMemory,
+    Buffer, DeviceAddr, DeviceSlice, DriverQueue, Features, QueueConfig, RingFormat, RingLayout,
+    RingMemory,
 };
 
 use crate::error::{NetError, Result};
@@ -503,79 +503,6 @@ fn post_rx<M: RingMemory>(
     }
 }
 
-/// The transport as feature negotiation sees it: when VERSION_1 is going to be negotiated, VIRTIO_F_ANY_LAYOUT is
-/// taken out of the device's offer. The bit means something only through a legacy interface (§2.7.4.3, §6.3); a
-/// modern driver does not acknowledge it (Linux keeps it in its legacy feature table only), and it must not reach
-/// the device's FEATURES_OK check. Everything else passes through.
-struct LegacyAnyLayout<'a, T> {
-    transport: &'a mut T,
-    /// Whether the driver accepts VERSION_1 (so it is negotiated if the device offers it).
-    accepts_version_1: bool,
-}
-
-impl<T: Transport> Transport for LegacyAnyLayout<'_, T> {
-    fn device_type(&self) -> u32 {
-        self.transport.device_type()
-    }
-
-    fn device_features(&mut self) -> Features {
-        let offered = self.transport.device_features();
-        if self.accepts_version_1 && offered.contains(Features::VERSION_1) {
-            offered - Features::ANY_LAYOUT
-        } else {
-            offered
-        }
-    }
-
-    fn write_driver_features(&mut self, features: Features) {
-        self.transport.write_driver_features(features);
-    }
-
-    fn status(&mut self) -> DeviceStatus {
-        self.transport.status()
-    }
-
-    fn write_status(&mut self, status: DeviceStatus) {
-        self.transport.write_status(status);
-    }
-
-    fn max_queue_size(&mut self, queue: u16) -> u16 {
-        self.transport.max_queue_size(queue)
-    }
-
-    fn setup_queue(&mut self, queue: u16, config: &QueueConfig) -> virtio_core::Result<()> {
-        self.transport.setup_queue(queue, config)
-    }
-
-    fn reset_queue(&mut self, queue: u16) -> virtio_core::Result<()> {
-        self.transport.reset_queue(queue)
-    }
-
-    fn notify(&mut self, queue: u16, value: u32) {
-        self.transport.notify(queue, value);
-    }
-
-    fn config_generation(&mut self) -> u32 {
-        self.transport.config_generation()
-    }
-
-    fn read_config(&mut self, offset: usize, data: &mut [u8]) -> virtio_core::Result<()> {
-        self.transport.read_config(offset, data)
-    }
-
-    fn write_config(&mut self, offset: usize, data: &[u8]) -> virtio_core::Result<()> {
-        self.transport.write_config(offset, data)
-    }
-
-    fn ack_interrupt(&mut self) -> InterruptCause {
-        self.transport.ack_interrupt()
-    }
-
-    fn reset(&mut self) {
-        self.transport.reset();
-    }
-}
-
 impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
     /// Initialises the device (§3.1.1) and sets up queues and buffers in `region`.
     pub fn new(
@@ -609,12 +536,8 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
         config: NetDriverConfig,
         before_queues: impl FnOnce(&mut T, u16) -> Result<()>,
     ) -> Result<Self> {
-        let accepted = config.supported | config.required;
-        let features = LegacyAnyLayout {
-            transport: &mut transport,
-            accepts_version_1: accepted.contains(Features::VERSION_1),
-        }
-        .begin_init(accepted, config.required)?;
+        // Under VERSION_1 the negotiation leaves ANY_LAYOUT (legacy only, §6.3) alone.
+        let features = transport.begin_init(config.supported | config.required, config.required)?;
         let header_len = HeaderLen::for_features(features);
         // §5.1.6.7: a legacy device that did not take ANY_LAYOUT wants the header in a descriptor of its own.
         let header_alone = !features.intersects(Features::VERSION_1 | Features::ANY_LAYOUT);
@@ -1008,8 +931,12 @@ impl<T: Transport, M: RingMemory + Clone> NetDriver<T, M> {
                 let Some(slot) = p.tx_free.peek(i) else {
                     break;
                 };
-                let at = usize::from(slot) * TX_SMALL_SLOT as usize;
-                if let Some(s) = area.subslice(at, (hl + frame.len()).min(TX_SMALL_SLOT as usize)) {
+                let len = hl + frame.len();
+                // A frame too long for its small slot is copied to its big slot instead: nothing to ask for here.
+                if len > TX_SMALL_SLOT as usize {
+                    continue;
+                }
+                if let Some(s) = area.subslice(usize::from(slot) * TX_SMALL_SLOT as usize, len) {
                     s.prefetch_for_write();
                 }
             }
